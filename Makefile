@@ -1,0 +1,43 @@
+# refund-bridge: the commands a developer and CI run. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help test check lint typecheck pytest dev demo install directus postgres bench clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create the virtualenv and install the package with its test extras
+
+directus:  ## install the pinned Directus into the cache folder (once; reused)
+	bash scripts/install-directus.sh >/dev/null
+
+postgres:  ## make sure PostgreSQL's binaries are there for the throwaway test clusters
+	bash scripts/ensure-postgres.sh
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)  ## mypy on our packages
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP) directus postgres  ## the whole pytest suite (real Directus, SMTP sink, PostgreSQL)
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest  ## everything CI runs: lint, types, all tests
+
+dev: $(STAMP) directus  ## run the local stack: Directus, SMTP sink, bridge (Ctrl-C stops it)
+	$(PY) -m devstack up
+
+clean:  ## remove the virtualenv and local state (not the Directus cache)
+	rm -rf $(VENV) instance .dev .pytest_cache .mypy_cache .ruff_cache

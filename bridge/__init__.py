@@ -1,0 +1,36 @@
+"""refund-bridge: the service between COOCO's Directus and RideNDine's refunds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from bridge.config import Settings, load_settings
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app. Settings come from the environment unless `test_config` gives
+    `BRIDGE_SETTINGS` (a `Settings`); other keys of `test_config` override Flask config."""
+    app = Flask(__name__, instance_relative_config=True)
+    test_config = dict(test_config or {})
+    settings: Settings = test_config.pop("BRIDGE_SETTINGS", None) or load_settings()
+    app.config.update(
+        BRIDGE_SETTINGS=settings,
+        DATABASE_URL=settings.database_url,
+        # Contract section 3: webhook bodies over 64 KiB are refused with 413.
+        MAX_CONTENT_LENGTH=64 * 1024,
+        AUTO_MIGRATE=False,
+    )
+    app.config.update(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from bridge import db, errors, logs, services
+    from bridge.health import bp as health_bp
+
+    logs.init_app(app)
+    errors.init_app(app)
+    db.init_app(app)
+    services.init_app(app)
+    app.register_blueprint(health_bp)
+    return app

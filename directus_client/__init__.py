@@ -1,0 +1,31 @@
+"""A reusable client for the Directus REST API (no Flask, nothing of the bridge)."""
+
+from directus_client.client import DirectusClient
+from directus_client.errors import (
+    DirectusError,
+    DirectusTimeoutError,
+    DirectusUnavailableError,
+    FailedValidationError,
+    ForbiddenError,
+    InvalidCredentialsError,
+    InvalidPayloadError,
+    InvalidQueryError,
+    NotFoundError,
+    RateLimitedError,
+    RecordNotUniqueError,
+)
+
+__all__ = [
+    "DirectusClient",
+    "DirectusError",
+    "DirectusTimeoutError",
+    "DirectusUnavailableError",
+    "FailedValidationError",
+    "ForbiddenError",
+    "InvalidCredentialsError",
+    "InvalidPayloadError",
+    "InvalidQueryError",
+    "NotFoundError",
+    "RateLimitedError",
+    "RecordNotUniqueError",
+]

@@ -1,0 +1,138 @@
+"""Fixtures, built on each other as in Flask's tutorial: settings -> app -> client / runner.
+
+One real Directus per test session (started on first use), one SMTP sink, and a throwaway
+PostgreSQL cluster for the tests that ask for it. Tests make their own orders with unique ids
+instead of resetting databases.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+
+from bridge import create_app
+from bridge.config import Settings
+from devstack.directus import DirectusServer
+from devstack.postgres import PostgresCluster
+from devstack.smtp import SmtpSink
+from directus_client import DirectusClient
+from tests.helpers import FLOW_SECRET, make_settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the real servers they use, so they can be selected (-m directus)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "directus" in names:
+            item.add_marker(pytest.mark.directus)
+        if "postgres" in names:
+            item.add_marker(pytest.mark.postgres)
+
+
+# -- real servers, one per session ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def directus_extensions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder Directus loads extensions from (the repo's extension is linked in)."""
+    folder = tmp_path_factory.mktemp("directus-extensions")
+    extension = Path(__file__).resolve().parent.parent / "directus-extension"
+    if (extension / "package.json").exists():
+        (folder / "directus-extension-ridendine").symlink_to(extension)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def directus(
+    tmp_path_factory: pytest.TempPathFactory, smtp_sink: SmtpSink, directus_extensions_dir: Path
+) -> Iterator[DirectusServer]:
+    server = DirectusServer(
+        data_dir=tmp_path_factory.mktemp("directus"),
+        smtp_port=smtp_sink.port,
+        extensions_dir=directus_extensions_dir,
+        extra_env={"REFUND_BRIDGE_FLOW_SECRET": FLOW_SECRET},
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def directus_admin(directus: DirectusServer) -> Iterator[DirectusClient]:
+    """A client with the admin's static token."""
+    client = DirectusClient(directus.url, directus.admin_token)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    # Outside pytest's private temp tree: the cluster runs as the `postgres` user.
+    base = Path(tempfile.mkdtemp(prefix="refund-bridge-pg-"))
+    cluster = PostgresCluster(base_dir=base)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> str:
+    """A fresh database in the session's cluster."""
+    return postgres.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Settings for tests that need no real Directus (its URL leads nowhere)."""
+    return make_settings("http://127.0.0.1:9", "directus-token-unused")
+
+
+@pytest.fixture
+def directus_settings(directus: DirectusServer) -> Settings:
+    """Settings pointing at the session's real Directus with the admin token."""
+    return make_settings(directus.url, directus.admin_token)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
+
+
+@pytest.fixture
+def app(settings: Settings, database_url: str) -> Flask:
+    return create_app(
+        {
+            "BRIDGE_SETTINGS": settings,
+            "DATABASE_URL": database_url,
+            "AUTO_MIGRATE": True,
+            "TESTING": True,
+        }
+    )
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()

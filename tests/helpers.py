@@ -1,0 +1,59 @@
+"""Helpers shared by the tests: settings for the real servers, unique ids, env mapping."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+from typing import Any
+
+from bridge.config import Settings
+
+RIDENDINE_URL = "https://api.ridendine.example"
+RIDENDINE_KEY = "rdn-test-key-0123456789"
+SERVICE_TOKEN = "service-token-0123456789abcdef"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"webhook-secret-for-tests-32bytes").decode()
+FLOW_SECRET = "flow-secret-0123456789abcdef"
+
+
+def make_settings(directus_url: str, directus_token: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "directus_url": directus_url,
+        "directus_token": directus_token,
+        "ridendine_api_url": RIDENDINE_URL,
+        "ridendine_api_key": RIDENDINE_KEY,
+        "webhook_secrets": (WEBHOOK_SECRET,),
+        "api_tokens": (SERVICE_TOKEN,),
+        "flow_secret": FLOW_SECRET,
+        "admin_emails": ("admins@example.com",),
+        "directus_timeout_seconds": 5.0,
+        "ridendine_timeout_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def settings_env(settings: Settings, database_url: str | None = None) -> dict[str, str]:
+    """The environment variables that give `settings` (for CLI and subprocess tests)."""
+    env = {
+        "BRIDGE_DIRECTUS_URL": settings.directus_url,
+        "BRIDGE_DIRECTUS_TOKEN": settings.directus_token,
+        "BRIDGE_RIDENDINE_API_URL": settings.ridendine_api_url,
+        "BRIDGE_RIDENDINE_API_KEY": settings.ridendine_api_key,
+        "BRIDGE_WEBHOOK_SECRETS": ",".join(settings.webhook_secrets),
+        "BRIDGE_API_TOKENS": ",".join(settings.api_tokens),
+        "BRIDGE_ADMIN_EMAILS": ",".join(settings.admin_emails),
+    }
+    if settings.flow_secret:
+        env["BRIDGE_FLOW_SECRET"] = settings.flow_secret
+    if database_url:
+        env["BRIDGE_DATABASE_URL"] = database_url
+    return env
+
+
+def unique_id(prefix: str = "ord") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def random_token() -> str:
+    return secrets.token_urlsafe(24)
