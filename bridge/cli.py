@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from bridge.cli_support import instance_path
 from bridge.config import ConfigError, Settings, load_settings
 from directus_client import DirectusError
 
@@ -126,13 +127,6 @@ def _prepare_store(settings: Settings, *, migrate: bool) -> None:
         ) from None
     finally:
         store.dispose()
-
-
-def instance_path() -> str:
-    """The Flask instance folder of the `bridge` package (where the SQLite file lives)."""
-    from flask import Flask
-
-    return Flask("bridge", instance_relative_config=True).instance_path
 
 
 def load_commands() -> click.Group:

@@ -1,11 +1,22 @@
-"""The outside parties an app talks to, built once per app from its settings."""
+"""The outside parties and the store, built once per process from the settings.
+
+`Services` is Flask-free so that the worker and the commands use the same objects as the web
+app; the app keeps one in `app.extensions`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
 from bridge.config import Settings
+from bridge.db import Store, default_database_url
 from directus_client import DirectusClient
+
+if TYPE_CHECKING:
+    from bridge.ridendine import RideNDineClient
 
 
 def make_directus(settings: Settings) -> DirectusClient:
@@ -16,15 +27,58 @@ def make_directus(settings: Settings) -> DirectusClient:
     )
 
 
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    directus: DirectusClient
+    # Filled lazily by the features that need them (RideNDine client, Stripe client, caches).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ridendine(self) -> RideNDineClient:
+        client = self.extras.get("ridendine")
+        if client is None:
+            from bridge.ridendine import RideNDineClient
+
+            client = RideNDineClient(
+                self.settings.ridendine_api_url,
+                self.settings.ridendine_api_key,
+                read_timeout=self.settings.ridendine_timeout_seconds,
+            )
+            self.extras["ridendine"] = client
+        return client
+
+    def close(self) -> None:
+        self.directus.close()
+        self.store.dispose()
+
+
+def build_services(settings: Settings, database_url: str | None = None) -> Services:
+    """Services for a process outside Flask (worker, commands)."""
+    from bridge.cli_support import instance_path
+
+    url = database_url or settings.database_url or default_database_url(instance_path())
+    return Services(settings=settings, store=Store(url), directus=make_directus(settings))
+
+
+def get_services() -> Services:
+    services: Services = current_app.extensions["bridge.services"]
+    return services
+
+
 def get_settings() -> Settings:
     settings: Settings = current_app.config["BRIDGE_SETTINGS"]
     return settings
 
 
 def get_directus() -> DirectusClient:
-    client: DirectusClient = current_app.extensions["bridge.directus"]
-    return client
+    return get_services().directus
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["bridge.directus"] = make_directus(app.config["BRIDGE_SETTINGS"])
+    app.extensions["bridge.services"] = Services(
+        settings=app.config["BRIDGE_SETTINGS"],
+        store=app.extensions["bridge.store"],
+        directus=make_directus(app.config["BRIDGE_SETTINGS"]),
+    )

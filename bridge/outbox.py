@@ -1,0 +1,313 @@
+"""The transactional outbox: work that talks to the outside, done at least once.
+
+A job is written in the same transaction as the ledger change that needs it, so nothing is lost
+when a process dies between the two. `dedupe_key` makes enqueueing idempotent (one RideNDine
+submission per refund, one notification per refund result).
+
+Running a job: `claim` takes due jobs under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+several workers never take the same job; SQLite has one writer anyway); `run_job` calls the
+handler registered for the job's kind. A handler returns normally (done), raises `RetryLater`
+(try again after the backoff, or after the delay it gives), or raises `GiveUp` (dead at once).
+Any other exception is a retry too, logged. A job whose schedule runs out (more than 24 hours of
+retries) is dead: `on_dead` handlers flag the refund and alert admins.
+
+`drain` runs every due job until none is left: the function the worker calls on every tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from bridge.models import OutboxJob, OutboxState, utcnow
+
+if TYPE_CHECKING:
+    from bridge.services import Services
+
+log = logging.getLogger(__name__)
+
+# Delays between attempts, in seconds: seconds first, then hours (in the spirit of Stripe's and
+# Svix's schedules). Their sum is about 27 hours; each delay gets +-20 % jitter.
+BACKOFF_SCHEDULE: tuple[int, ...] = (
+    5,
+    30,
+    120,
+    300,
+    900,
+    1800,
+    3600,
+    7200,
+    3 * 3600,
+    4 * 3600,
+    5 * 3600,
+    5 * 3600,
+    5 * 3600,
+)
+MAX_ATTEMPTS = len(BACKOFF_SCHEDULE) + 1
+DEFAULT_LEASE_SECONDS = 60
+JITTER = 0.2
+
+Handler = Callable[["Services", OutboxJob], None]
+DeadHandler = Callable[["Services", OutboxJob], None]
+HANDLERS: dict[str, Handler] = {}
+DEAD_HANDLERS: dict[str, DeadHandler] = {}
+
+
+class RetryLater(Exception):
+    """The job could not be done now; try again (after `delay` seconds when given)."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class GiveUp(Exception):
+    """The job can never succeed: it is dead at once (on_dead handlers still run)."""
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    """Register the function that does jobs of `kind`."""
+
+    def register(func: Handler) -> Handler:
+        HANDLERS[kind] = func
+        return func
+
+    return register
+
+
+def on_dead(kind: str) -> Callable[[DeadHandler], DeadHandler]:
+    """Register what happens when a job of `kind` runs out of retries."""
+
+    def register(func: DeadHandler) -> DeadHandler:
+        DEAD_HANDLERS[kind] = func
+        return func
+
+    return register
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def backoff_delay(attempts: int, rng: random.Random | None = None) -> float | None:
+    """Seconds to wait after the `attempts`-th failed attempt; None when the schedule is done."""
+    if attempts < 1 or attempts > len(BACKOFF_SCHEDULE):
+        return None
+    base = BACKOFF_SCHEDULE[attempts - 1]
+    jitter = (rng or random).uniform(-JITTER, JITTER)
+    return base * (1 + jitter)
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    dedupe_key: str,
+    *,
+    refund_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
+    lease_to: str | None = None,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> int | None:
+    """Add a job unless one with `dedupe_key` exists; return the new job's id or None.
+
+    With `lease_to`, the job is born claimed by that owner (a web request that will try it
+    inline right after commit); if that process dies, the lease expires and a worker takes it.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {
+        "kind": kind,
+        "dedupe_key": dedupe_key,
+        "refund_id": refund_id,
+        "payload": payload or {},
+        "state": OutboxState.PENDING,
+        "attempts": 0,
+        "next_attempt_at": run_at or now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if lease_to:
+        values["locked_by"] = lease_to
+        values["locked_until"] = now + timedelta(seconds=lease_seconds)
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(OutboxJob)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxJob.id)
+    )
+    return session.scalar(statement)
+
+
+def _due_filter(now: datetime) -> Any:
+    return (
+        (OutboxJob.state == OutboxState.PENDING)
+        & (OutboxJob.next_attempt_at <= now)
+        & or_(OutboxJob.locked_until.is_(None), OutboxJob.locked_until < now)
+    )
+
+
+def claim(
+    services: Services,
+    *,
+    owner: str | None = None,
+    limit: int = 20,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    kinds: tuple[str, ...] | None = None,
+) -> list[int]:
+    """Take up to `limit` due jobs under a lease; return their ids, oldest first."""
+    owner = owner or worker_id()
+    now = utcnow()
+    with services.store.session() as session:
+        query = (
+            select(OutboxJob.id)
+            .where(_due_filter(now))
+            .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
+            .limit(limit)
+        )
+        if kinds:
+            query = query.where(OutboxJob.kind.in_(kinds))
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = list(session.scalars(query))
+        if ids:
+            session.execute(
+                update(OutboxJob)
+                .where(OutboxJob.id.in_(ids))
+                .values(locked_by=owner, locked_until=now + timedelta(seconds=lease_seconds))
+            )
+    return ids
+
+
+def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str:
+    """Do one claimed job; return its state afterwards (`done`, `pending` or `dead`)."""
+    owner = owner or worker_id()
+    with services.store.session() as session:
+        job = session.get(OutboxJob, job_id)
+        if job is None or job.state != OutboxState.PENDING or job.locked_by != owner:
+            return job.state if job is not None else "missing"
+        session.expunge(job)
+    func = HANDLERS.get(job.kind)
+    error: str | None = None
+    delay: float | None = None
+    give_up = False
+    try:
+        if func is None:
+            raise GiveUp(f"no handler for job kind {job.kind!r}")
+        func(services, job)
+    except RetryLater as exc:
+        error, delay = str(exc) or "retry later", exc.delay
+    except GiveUp as exc:
+        error, give_up = str(exc) or "gave up", True
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "outbox job failed",
+            exc_info=True,
+            extra={"job_id": job.id, "kind": job.kind, "refund_id": job.refund_id},
+        )
+    return _finish(services, job, owner, error=error, delay=delay, give_up=give_up)
+
+
+def _finish(
+    services: Services,
+    job: OutboxJob,
+    owner: str,
+    *,
+    error: str | None,
+    delay: float | None,
+    give_up: bool,
+) -> str:
+    now = utcnow()
+    attempts = job.attempts + 1
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "locked_by": None,
+        "locked_until": None,
+        "updated_at": now,
+    }
+    if error is None:
+        values.update(state=OutboxState.DONE, done_at=now, last_error=None)
+    else:
+        wait = None if give_up else (delay if delay is not None else backoff_delay(attempts))
+        if wait is not None:
+            wait = max(wait, 1.0)  # never busy-loop on a job that keeps failing
+        if wait is None or attempts >= MAX_ATTEMPTS:
+            values.update(state=OutboxState.DEAD, last_error=error[:2000], done_at=now)
+        else:
+            values.update(
+                state=OutboxState.PENDING,
+                last_error=error[:2000],
+                next_attempt_at=now + timedelta(seconds=wait),
+            )
+    with services.store.session() as session:
+        result = session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id == job.id, OutboxJob.locked_by == owner)
+            .values(**values)
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            # The lease ran out and another worker took the job; its outcome will be recorded.
+            return "lost_lease"
+    state = str(values["state"])
+    if state == OutboxState.DEAD:
+        log.error(
+            "outbox job is dead after %d attempt(s): %s",
+            attempts,
+            error,
+            extra={"job_id": job.id, "kind": job.kind, "refund_id": job.refund_id},
+        )
+        dead = DEAD_HANDLERS.get(job.kind)
+        if dead is not None:
+            job.attempts, job.last_error = attempts, error
+            try:
+                dead(services, job)
+            except Exception:
+                log.exception("on_dead handler failed", extra={"job_id": job.id})
+    return state
+
+
+def run_now(services: Services, job_id: int | None, *, owner: str) -> str | None:
+    """Try a job the caller holds the lease of (enqueued with `lease_to=owner`) right away."""
+    if job_id is None:
+        return None
+    return run_job(services, job_id, owner=owner)
+
+
+def drain(services: Services, *, limit: int | None = None, batch: int = 20) -> int:
+    """Run due jobs until none is left (or `limit` ran); return how many ran."""
+    owner = worker_id()
+    ran = 0
+    while limit is None or ran < limit:
+        size = batch if limit is None else min(batch, limit - ran)
+        ids = claim(services, owner=owner, limit=size)
+        if not ids:
+            break
+        for job_id in ids:
+            run_job(services, job_id, owner=owner)
+            ran += 1
+    return ran
+
+
+def pending_count(session: Session) -> int:
+    from sqlalchemy import func
+
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(OutboxJob)
+            .where(OutboxJob.state == OutboxState.PENDING)
+        )
+        or 0
+    )

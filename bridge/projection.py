@@ -1,0 +1,120 @@
+"""The ledger projected into Directus's `refunds` collection (one item per refund).
+
+The item's primary key is the refund id, so the projection is an upsert: PATCH, and create when
+Directus says the item does not exist. It is an outbox job (`project_refund`), so a refund
+recorded while Directus is down shows up in Directus when it is back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bridge import outbox
+from bridge.ledger import history_to_list, iso
+from bridge.models import OutboxJob, Refund
+from directus_client import NotFoundError, RecordNotUniqueError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from bridge.services import Services
+
+REFUNDS_COLLECTION = "refunds"
+JOB_PROJECT_REFUND = "project_refund"
+
+# The fields of the `refunds` collection the bridge writes (schema apply creates them).
+REFUND_ITEM_FIELDS = (
+    "id",
+    "order_id",
+    "ridendine_order_id",
+    "amount_cents",
+    "refunded_amount_cents",
+    "currency",
+    "reason",
+    "reason_comments",
+    "requested_by",
+    "requested_by_user",
+    "items",
+    "status",
+    "ridendine_refund_id",
+    "source",
+    "needs_review",
+    "review_reason",
+    "failure_reason",
+    "status_history",
+    "created_at",
+    "updated_at",
+)
+
+
+def refund_item(refund: Refund) -> dict[str, Any]:
+    """The Directus item for a refund (`order_id` is the M2O to the order)."""
+    return {
+        "id": refund.id,
+        "order_id": refund.order_id,
+        "ridendine_order_id": refund.ridendine_order_id,
+        "amount_cents": refund.amount_cents,
+        "refunded_amount_cents": refund.refunded_amount_cents,
+        "currency": refund.currency,
+        "reason": refund.reason,
+        "reason_comments": refund.reason_comments,
+        "requested_by": refund.requested_by,
+        "requested_by_user": refund.requested_by_user,
+        "items": refund.items,
+        "status": refund.status,
+        "ridendine_refund_id": refund.ridendine_refund_id,
+        "source": refund.source,
+        "needs_review": refund.needs_review,
+        "review_reason": refund.review_reason,
+        "failure_reason": refund.failure_reason,
+        "status_history": history_to_list(refund),
+        "created_at": iso(refund.created_at),
+        "updated_at": iso(refund.updated_at),
+    }
+
+
+def enqueue_projection(
+    session: Session, refund: Refund, *, lease_to: str | None = None
+) -> int | None:
+    """Queue an upsert of the refund's Directus item, keyed on the refund's current version.
+
+    The key includes `updated_at`, so each change of the refund is projected once, and a job
+    for an older version still writes the ledger's current state (never a stale one).
+    """
+    session.flush()
+    version = refund.updated_at.isoformat() if refund.updated_at else "new"
+    return outbox.enqueue(
+        session,
+        JOB_PROJECT_REFUND,
+        f"project:{refund.id}:{version}:{len(refund.history)}",
+        refund_id=refund.id,
+        lease_to=lease_to,
+    )
+
+
+def upsert_refund_item(services: Services, refund: Refund) -> None:
+    item = refund_item(refund)
+    client = services.directus
+    try:
+        client.update_item(
+            REFUNDS_COLLECTION, refund.id, {k: v for k, v in item.items() if k != "id"}
+        )
+    except NotFoundError:
+        try:
+            client.create_item(REFUNDS_COLLECTION, item)
+        except RecordNotUniqueError:
+            # Created meanwhile by another job for the same refund: write the values again.
+            client.update_item(
+                REFUNDS_COLLECTION, refund.id, {k: v for k, v in item.items() if k != "id"}
+            )
+
+
+@outbox.handler(JOB_PROJECT_REFUND)
+def _project_refund(services: Services, job: OutboxJob) -> None:
+    with services.store.session() as session:
+        refund = session.get(Refund, job.refund_id)
+        if refund is None:
+            raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
+        refund.history  # noqa: B018 - load before the session closes
+        session.expunge(refund)
+    upsert_refund_item(services, refund)
