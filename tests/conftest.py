@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 
 from bridge import create_app
 from bridge.config import Settings
+from bridge.directus_schema import apply_schema, create_demo_orders
 from devstack.directus import DirectusServer
 from devstack.postgres import PostgresCluster
 from devstack.smtp import SmtpSink
@@ -78,6 +79,15 @@ def directus_admin(directus: DirectusServer) -> Iterator[DirectusClient]:
     client = DirectusClient(directus.url, directus.admin_token)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def cooco_directus(directus: DirectusServer, directus_admin: DirectusClient) -> DirectusServer:
+    """The session's Directus with COOCO's side in place: a demo `orders` collection and the
+    bridge's `refunds` schema."""
+    create_demo_orders(directus_admin)
+    apply_schema(directus_admin)
+    return directus
 
 
 @pytest.fixture(scope="session")

@@ -57,3 +57,59 @@ def unique_id(prefix: str = "ord") -> str:
 
 def random_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def make_user(client: Any, *, role: str | None = None, admin: bool = False) -> dict[str, Any]:
+    """A Directus user with a static token; `admin` gives it the admin policy's access.
+
+    Returns {"id", "email", "token"}.
+    """
+    token = "user-" + secrets.token_hex(16)
+    email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+    values: dict[str, Any] = {
+        "email": email,
+        "token": token,
+        "status": "active",
+        "password": secrets.token_hex(12),
+    }
+    if admin:
+        values["role"] = admin_role_id(client)
+    elif role:
+        values["role"] = role
+    created = client.create_system("users", values)
+    return {"id": created["id"], "email": email, "token": token}
+
+
+def admin_role_id(client: Any) -> str:
+    roles = client.list_system("roles", filter={"name": {"_eq": "Administrator"}})
+    return str(roles[0]["id"])
+
+
+def make_order(
+    client: Any,
+    *,
+    amount_paid_cents: int = 10_000,
+    payment_status: str = "PAID",
+    status: str = "DELIVERED",
+    ridendine_order_id: str | None = "",
+    customer: str | None = None,
+    chef: str | None = None,
+    currency: str = "EUR",
+    order_id: str | None = None,
+) -> dict[str, Any]:
+    """An order in Directus's `orders` collection with a unique id."""
+    order_id = order_id or unique_id("ord")
+    values = {
+        "id": order_id,
+        "ridendine_order_id": (
+            f"rdn-{order_id}" if ridendine_order_id == "" else ridendine_order_id
+        ),
+        "status": status,
+        "payment_status": payment_status,
+        "amount_paid_cents": amount_paid_cents,
+        "currency": currency,
+        "customer": customer,
+        "chef": chef,
+    }
+    client.create_item("orders", values)
+    return values
