@@ -66,6 +66,11 @@ class Settings:
     directus_timeout_seconds: float = 10.0
     ridendine_timeout_seconds: float = 10.0
     trusted_proxies: int = 0
+    # The worker (docs/worker.md).
+    pending_review_seconds: int = 7200
+    retention_days: int = 90
+    worker_poll_seconds: float = 0.5
+    worker_lease_seconds: int = 30
 
     def as_flask_config(self) -> dict[str, Any]:
         return {"BRIDGE_SETTINGS": self}
@@ -197,6 +202,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chef_email=env.get("BRIDGE_ORDER_CHEF_EMAIL_FIELD", "").strip() or defaults.chef_email,
     )
 
+    # Without Stripe, a refund PENDING this long is flagged for a person (docs/worker.md).
+    pending_stale_seconds = _int(env, "BRIDGE_PENDING_STALE_SECONDS", 1800, minimum=1)
+    pending_review_seconds = _int(
+        env, "BRIDGE_PENDING_REVIEW_SECONDS", 4 * pending_stale_seconds, minimum=1
+    )
+    if pending_review_seconds < pending_stale_seconds:
+        raise ConfigError(
+            "BRIDGE_PENDING_REVIEW_SECONDS", "must be at least BRIDGE_PENDING_STALE_SECONDS"
+        )
+
     return Settings(
         directus_url=directus_url,
         directus_token=directus_token,
@@ -207,7 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         stripe_api_key=env.get("BRIDGE_STRIPE_API_KEY", "").strip() or None,
         stripe_api_base=_url(env, "BRIDGE_STRIPE_API_BASE", required=False),
-        pending_stale_seconds=_int(env, "BRIDGE_PENDING_STALE_SECONDS", 1800, minimum=1),
+        pending_stale_seconds=pending_stale_seconds,
         admin_emails=_list(env, "BRIDGE_ADMIN_EMAILS"),
         log_level=log_level,
         webhook_auth=webhook_auth,
@@ -220,4 +235,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         directus_timeout_seconds=_float(env, "BRIDGE_DIRECTUS_TIMEOUT_SECONDS", 10.0),
         ridendine_timeout_seconds=_float(env, "BRIDGE_RIDENDINE_TIMEOUT_SECONDS", 10.0),
         trusted_proxies=_int(env, "BRIDGE_TRUSTED_PROXIES", 0),
+        pending_review_seconds=pending_review_seconds,
+        retention_days=_int(env, "BRIDGE_RETENTION_DAYS", 90, minimum=1),
+        worker_poll_seconds=_float(env, "BRIDGE_WORKER_POLL_SECONDS", 0.5),
+        worker_lease_seconds=_int(env, "BRIDGE_WORKER_LEASE_SECONDS", 30, minimum=5),
     )

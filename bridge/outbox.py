@@ -311,3 +311,42 @@ def pending_count(session: Session) -> int:
         )
         or 0
     )
+
+
+# -- for the worker process (bridge/worker.py) ----------------------------------------------
+
+
+def is_due(services: Services, *, kinds: tuple[str, ...] | None = None) -> bool:
+    """Whether any job is due now: one indexed query, what an idle worker polls."""
+    query = select(OutboxJob.id).where(_due_filter(utcnow())).limit(1)
+    if kinds:
+        query = query.where(OutboxJob.kind.in_(kinds))
+    with services.store.session() as session:
+        return session.scalar(query) is not None
+
+
+def renew_leases(services: Services, owner: str, lease_seconds: int) -> int:
+    """Extend the leases `owner` holds (its claimed batch, the job in hand); return how many.
+
+    A live worker keeps its jobs however long a job takes; a dead one stops renewing, and its
+    jobs are taken over once the lease runs out.
+    """
+    with services.store.session() as session:
+        result = session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.locked_by == owner, OutboxJob.state == OutboxState.PENDING)
+            .values(locked_until=utcnow() + timedelta(seconds=lease_seconds))
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_leases(services: Services, owner: str, job_ids: list[int] | None = None) -> int:
+    """Give back jobs `owner` claimed but will not run (a worker stopping); return how many."""
+    with services.store.session() as session:
+        statement = update(OutboxJob).where(
+            OutboxJob.locked_by == owner, OutboxJob.state == OutboxState.PENDING
+        )
+        if job_ids is not None:
+            statement = statement.where(OutboxJob.id.in_(job_ids))
+        result = session.execute(statement.values(locked_by=None, locked_until=None))
+        return int(result.rowcount)  # type: ignore[attr-defined]
