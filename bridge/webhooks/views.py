@@ -1,0 +1,45 @@
+"""POST /ridendine/webhooks/refund-status: verify, validate, record, answer (thin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, request
+
+from bridge.errors import ServiceUnavailable, UnsupportedMediaType
+from bridge.services import get_services
+from bridge.webhooks import bp, inbox
+from bridge.webhooks.schemas import parse_event
+from bridge.webhooks.verify import verify_request
+
+
+@bp.post("/ridendine/webhooks/refund-status")
+def refund_status() -> tuple[dict[str, Any], int]:
+    services = get_services()
+    # Reading the body enforces MAX_CONTENT_LENGTH (413 problem+json) before anything else.
+    raw_body = request.get_data(cache=True)
+    webhook_id = verify_request(services.settings, raw_body, dict(request.headers))
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("The body must be JSON (Content-Type: application/json).")
+    payload = parse_event(raw_body)
+    headers = inbox.stored_headers(request.headers)
+    if getattr(g, "request_id", None):
+        headers["x-request-id"] = g.request_id
+    owner = inbox.new_owner("webhook")
+    try:
+        recorded = inbox.record(
+            services,
+            webhook_id=webhook_id,
+            payload=payload,
+            raw_body=raw_body,
+            headers=headers,
+            owner=owner,
+        )
+    except inbox.InboxUnavailable:
+        raise ServiceUnavailable(
+            "The event could not be recorded; please deliver it again."
+        ) from None
+    if recorded.duplicate:
+        return {"status": "duplicate"}, 200
+    inbox.process_inline(services, recorded, owner=owner)
+    return {"status": "accepted"}, 200
