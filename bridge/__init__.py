@@ -33,4 +33,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     services.init_app(app)
     app.register_blueprint(health_bp)
+    from bridge.refunds import bp as refunds_bp
+
+    app.register_blueprint(refunds_bp)
+    from bridge.webhooks import bp as webhooks_bp
+
+    app.register_blueprint(webhooks_bp)
     return app

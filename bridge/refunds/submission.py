@@ -1,0 +1,203 @@
+"""Sending a refund to RideNDine (contract section 2): the `submit_refund` outbox job.
+
+The job is written in the same transaction as the refund, leased to the request that tries it
+inline right after commit; when that attempt gets no definite answer (timeout, connection error,
+408, 409, 429, 5xx) the outbox retries it with backoff for about a day, always with the refund's
+id as `Idempotency-Key`, so RideNDine refunds at most once however often the bridge asks.
+
+- 2xx: the refund stays PENDING (the result comes by webhook); RideNDine's `refund_id` is kept.
+- a definite rejection (another 4xx): the refund is FAILED with RideNDine's message.
+- retries exhausted: FAILED, flagged for review, admins alerted (money may have moved).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from bridge import ledger, outbox
+from bridge.alerts import enqueue_admin_alert
+from bridge.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
+from bridge.projection import enqueue_projection
+from bridge.ridendine import (
+    RefundAccepted,
+    RideNDineRejectedError,
+    RideNDineUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from bridge.services import Services
+
+log = logging.getLogger(__name__)
+
+JOB_SUBMIT_REFUND = "submit_refund"
+NO_DEFINITE_ANSWER = "RideNDine never gave a definite answer"
+
+
+def enqueue_submission(session: Session, refund: Refund, *, lease_to: str | None) -> int | None:
+    """Queue the one submission of `refund` (the dedupe key makes a second one impossible)."""
+    return outbox.enqueue(
+        session, JOB_SUBMIT_REFUND, f"submit:{refund.id}", refund_id=refund.id, lease_to=lease_to
+    )
+
+
+@dataclass(frozen=True)
+class _Submission:
+    refund_id: str
+    ridendine_order_id: str
+    order_id: str
+    amount_cents: int
+    reason: str
+    requested_by: str
+
+
+def _pending_submission(services: Services, refund_id: str | None) -> _Submission | None:
+    """What to send, or None when the refund no longer needs sending."""
+    with services.store.session() as session:
+        refund = session.get(Refund, refund_id) if refund_id else None
+        if refund is None:
+            raise outbox.GiveUp(f"refund {refund_id} is not in the ledger")
+        if refund.status != RefundStatus.PENDING or refund.ridendine_refund_id:
+            return None  # decided already (a webhook, an operator, or an earlier attempt)
+        if not refund.ridendine_order_id:
+            raise outbox.GiveUp(f"refund {refund.id} has no ridendine_order_id")
+        return _Submission(
+            refund_id=refund.id,
+            ridendine_order_id=refund.ridendine_order_id,
+            order_id=refund.order_id,
+            amount_cents=refund.amount_cents,
+            reason=refund.reason,
+            requested_by=refund.requested_by,
+        )
+
+
+@outbox.handler(JOB_SUBMIT_REFUND)
+def submit_refund(services: Services, job: OutboxJob) -> None:
+    submission = _pending_submission(services, job.refund_id)
+    if submission is None:
+        return
+    # No transaction is open while RideNDine is asked: the store stays free for others.
+    try:
+        accepted = services.ridendine.create_refund(
+            idempotency_key=submission.refund_id,
+            ridendine_order_id=submission.ridendine_order_id,
+            external_order_id=submission.order_id,
+            amount_cents=submission.amount_cents,
+            reason=submission.reason,
+            requested_by=submission.requested_by,
+        )
+    except RideNDineRejectedError as exc:
+        _record_rejection(services, submission.refund_id, exc)
+        return
+    except RideNDineUnavailableError as exc:
+        log.warning(
+            "RideNDine gave no definite answer; the submission will be retried: %s",
+            exc,
+            extra={"refund_id": submission.refund_id, "attempt": job.attempts + 1},
+        )
+        raise outbox.RetryLater(f"RideNDine: {exc}", delay=exc.retry_after) from None
+    _record_acceptance(services, submission.refund_id, accepted)
+
+
+def _record_acceptance(services: Services, refund_id: str, accepted: RefundAccepted) -> None:
+    with services.store.session() as session:
+        refund = session.get(Refund, refund_id)
+        if refund is None:
+            return
+        detail = f"accepted by RideNDine (HTTP {accepted.status})"
+        partner_id = accepted.refund_id
+        if partner_id and refund.ridendine_refund_id is None:
+            other = session.scalar(
+                select(Refund.id).where(
+                    Refund.ridendine_refund_id == partner_id, Refund.id != refund.id
+                )
+            )
+            if other is None:
+                refund.ridendine_refund_id = partner_id
+                detail += f", refund_id {partner_id}"
+            else:
+                ledger.flag_review(
+                    refund,
+                    f"RideNDine answered with refund_id {partner_id}, already on refund {other}",
+                    source=ledger.SOURCE_RIDENDINE_API,
+                )
+        _note(refund, detail)
+        enqueue_projection(session, refund)
+    log.info(
+        "refund accepted by RideNDine",
+        extra={"refund_id": refund_id, "ridendine_refund_id": accepted.refund_id},
+    )
+
+
+def _record_rejection(services: Services, refund_id: str, exc: RideNDineRejectedError) -> None:
+    message = exc.message
+    with services.store.session() as session:
+        refund = session.get(Refund, refund_id)
+        if refund is None:
+            return
+        if ledger.transition(
+            refund,
+            RefundStatus.FAILED,
+            source=ledger.SOURCE_RIDENDINE_API,
+            detail=f"rejected by RideNDine (HTTP {exc.status}): {message}",
+        ):
+            refund.failure_reason = message
+        else:
+            ledger.flag_review(
+                refund,
+                f"RideNDine rejected a refund that is already {refund.status}: {message}",
+                source=ledger.SOURCE_RIDENDINE_API,
+            )
+        enqueue_projection(session, refund)
+    log.info(
+        "refund rejected by RideNDine",
+        extra={"refund_id": refund_id, "status": exc.status, "ridendine_message": message},
+    )
+
+
+def _note(refund: Refund, detail: str) -> None:
+    """A history line that changes no status (RideNDine's acknowledgement)."""
+    refund.history.append(
+        RefundStatusChange(
+            from_status=refund.status,
+            to_status=refund.status,
+            source=ledger.SOURCE_RIDENDINE_API,
+            detail=detail,
+        )
+    )
+    refund.updated_at = utcnow()
+
+
+@outbox.on_dead(JOB_SUBMIT_REFUND)
+def submission_dead(services: Services, job: OutboxJob) -> None:
+    """Retries ran out without a definite answer: FAILED, for a person to check."""
+    with services.store.session() as session:
+        refund = session.get(Refund, job.refund_id) if job.refund_id else None
+        if refund is None or refund.status != RefundStatus.PENDING:
+            return  # nothing to fail, or a result arrived meanwhile
+        ledger.transition(
+            refund,
+            RefundStatus.FAILED,
+            source=ledger.SOURCE_WORKER,
+            detail=f"{NO_DEFINITE_ANSWER} after {job.attempts} attempt(s): {job.last_error}",
+        )
+        refund.failure_reason = NO_DEFINITE_ANSWER
+        ledger.flag_review(refund, NO_DEFINITE_ANSWER, source=ledger.SOURCE_WORKER)
+        enqueue_projection(session, refund)
+        enqueue_admin_alert(
+            session,
+            dedupe_key=f"submit-dead:{refund.id}",
+            subject=f"Refund {refund.id} needs review: RideNDine never answered",
+            message=(
+                f"The refund {refund.id} of order {refund.order_id} ({refund.amount_cents} "
+                f"cents) was sent to RideNDine {job.attempts} time(s) without a definite "
+                f"answer. It is marked FAILED, but RideNDine may have refunded it: check with "
+                f"RideNDine before refunding again. Last error: {job.last_error}"
+            ),
+            refund_id=refund.id,
+        )
