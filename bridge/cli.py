@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILURE = 1
 # Modules that add their commands to `main` (each feature keeps its commands beside its code).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("bridge.sandbox_command",)
 
 
 class CommandFailed(click.ClickException):
