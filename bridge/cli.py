@@ -20,7 +20,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILURE = 1
 # Modules that add their commands to `main` (each feature keeps its commands beside its code).
-COMMAND_MODULES: tuple[str, ...] = ("bridge.sandbox_command",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "bridge.sandbox_command",
+    "bridge.worker_commands",
+)
 
 
 class CommandFailed(click.ClickException):

@@ -32,7 +32,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bridge import ledger, outbox
+from bridge import ledger, outbox, stripe_check
 from bridge.alerts import enqueue_admin_alert
 from bridge.db import lock_order
 from bridge.models import (
@@ -220,7 +220,9 @@ def _submission_in_flight(session: Session, order_id: str) -> bool:
     return found is not None
 
 
-def _apply(session: Session, event: InboxEvent, refund: Refund) -> None:
+def _apply(
+    session: Session, event: InboxEvent, refund: Refund, *, services: Services | None = None
+) -> None:
     if refund.order_id != event.external_order_id:
         # RideNDine's refund id names a refund of another order: never apply that blindly.
         event.state = InboxState.FAILED
@@ -236,6 +238,8 @@ def _apply(session: Session, event: InboxEvent, refund: Refund) -> None:
             refund_id=refund.id,
         )
         return
+    if services is not None and stripe_check.hold_refunded(services, session, event, refund):
+        return  # REFUNDED waits for Stripe's word; its job applies it (bridge/stripe_check.py)
     payload = event.payload or {}
     outcome = apply_result(
         session,
@@ -329,7 +333,7 @@ def _process_event(services: Services, job: OutboxJob) -> None:
         lock_order(session, event.external_order_id)
         refund = match_local(session, event)
         if refund is not None:
-            _apply(session, event, refund)
+            _apply(session, event, refund, services=services)
             return
         event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
         outbox.enqueue(
@@ -349,7 +353,7 @@ def _resolve_event(services: Services, job: OutboxJob) -> None:
         lock_order(session, event.external_order_id)
         refund = match_local(session, event)
         if refund is not None:
-            _apply(session, event, refund)
+            _apply(session, event, refund, services=services)
             return
         order_id = event.external_order_id
         if job.attempts < IN_FLIGHT_WAIT_ATTEMPTS and _submission_in_flight(session, order_id):
@@ -379,7 +383,7 @@ def _resolve_event(services: Services, job: OutboxJob) -> None:
         if refund is None and order is not None:
             refund = _outside_refund(services, session, event, order)
         if refund is not None:
-            _apply(session, event, refund)
+            _apply(session, event, refund, services=services)
             return
         event.state = InboxState.UNMATCHED
         retry = _retry(event, job, f"order {order_id} is not in Directus")

@@ -1,0 +1,426 @@
+"""The worker process (`refund-bridge worker`): drains the outbox and runs the periodic checks.
+
+An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a web worker:
+- `outbox`: every `BRIDGE_WORKER_POLL_SECONDS` (0.5 s) one indexed "is anything due" query;
+  when something is, due jobs are claimed in batches under a lease and run one by one until none
+  is due. A drain already running makes the next tick return at once (a non-blocking lock), so
+  a long drain never stacks up ticks.
+- `leases`: renews the leases of the jobs this worker holds, every third of the lease; a worker
+  that dies stops renewing and its jobs are taken over when the lease runs out.
+- `pending_refunds`: queues a check of every refund PENDING for longer than
+  `BRIDGE_PENDING_STALE_SECONDS` (bridge/stripe_check.py).
+- `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
+  (bridge/housekeeping.py).
+
+Only the job kinds whose handler modules are loaded are claimed: a job of a kind this build does
+not know stays pending instead of being declared dead.
+
+SIGTERM or SIGINT: no new job is started, the job in hand is finished, the jobs claimed but not
+started are handed back, and the process exits with 0.
+
+On SQLite one worker only: an exclusive lock on a file next to the database refuses a second
+one. On PostgreSQL any number: claims use `FOR UPDATE SKIP LOCKED` plus the leases.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from bridge import db as store_db
+from bridge import outbox
+from bridge.config import Settings
+from bridge.services import Services, build_services
+
+log = logging.getLogger(__name__)
+
+# Modules whose import registers outbox handlers. Guarded: one that is missing is logged and
+# its jobs wait (they are not claimed) until a build that has it runs.
+HANDLER_MODULES: tuple[str, ...] = (
+    "bridge.projection",
+    "bridge.refunds.submission",
+    "bridge.refunds.service",
+    "bridge.ridendine",
+    "bridge.results",
+    "bridge.order_status",
+    "bridge.notify",
+    "bridge.webhooks.processing",
+    "bridge.stripe_check",
+)
+
+# Any constant shared by the processes that migrate the same PostgreSQL database.
+MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
+BATCH_SIZE = 20
+STALE_SCAN_MAX_SECONDS = 60.0
+HOUSEKEEPING_EVERY = timedelta(hours=24)
+HOUSEKEEPING_FIRST_DELAY = timedelta(minutes=1)
+STORE_ERROR_PAUSE_MAX = 30.0
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start; the message is the one line the command prints."""
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+
+def import_handler_modules(modules: tuple[str, ...] = HANDLER_MODULES) -> list[str]:
+    """Import the modules that register handlers; return those that are not there."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # Only the module itself (or its package) missing is tolerated; a module that is
+            # there but fails to import is a bug and stops the worker.
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise
+            missing.append(name)
+            log.warning("handler module %s is not there; its jobs wait", name)
+    return missing
+
+
+def prepare_store(store: store_db.Store, *, migrate: bool) -> None:
+    """Apply the store's migrations (or only check them), like `refund-bridge serve`.
+
+    On PostgreSQL an advisory lock makes concurrent starts (several workers, web instances)
+    migrate one after the other instead of racing.
+    """
+    try:
+        if not migrate:
+            store_db.check_migrated(store.engine)
+        elif store.engine.dialect.name == "postgresql":
+            with store.engine.connect() as connection:
+                connection.execute(
+                    text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+                try:
+                    store_db.upgrade(store.engine)
+                finally:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                    connection.commit()
+        else:
+            store_db.upgrade(store.engine)
+    except store_db.StoreNotMigrated as exc:
+        raise WorkerStartError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise WorkerStartError(f"store: {_store_error(exc)}") from None
+
+
+def _store_error(exc: SQLAlchemyError) -> str:
+    """One line about a store error, without the SQL or the URL (which may hold a password)."""
+    original = getattr(exc, "orig", None)
+    message = str(original if original is not None else exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}"[:300]
+
+
+class SingleWorkerLock:
+    """An exclusive lock on `<database file>.worker.lock`: one worker per SQLite store.
+
+    `flock` is released by the kernel when the process dies, even by kill -9, so a crashed
+    worker never blocks the next one. It does not hold across machines (nor on NFS): SQLite is
+    for one machine anyway.
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self.database_path = database_path
+        self.path = Path(f"{database_path}.worker.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkerStartError(
+                f"another worker (pid {holder}) is already running on the SQLite store "
+                f"{self.database_path}; SQLite allows one worker "
+                "(use PostgreSQL for several)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def sqlite_path(store: store_db.Store) -> str | None:
+    """The database file of an SQLite store; None for PostgreSQL or an in-memory database."""
+    url = store.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return os.path.abspath(url.database)
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    poll_seconds: float = 0.5
+    lease_seconds: int = 30
+    batch_size: int = BATCH_SIZE
+    stale_scan_seconds: float = STALE_SCAN_MAX_SECONDS
+    housekeeping: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerOptions:
+        return cls(
+            poll_seconds=settings.worker_poll_seconds,
+            lease_seconds=settings.worker_lease_seconds,
+            # Often enough that a refund is looked at soon after it turns stale.
+            stale_scan_seconds=max(
+                1.0, min(STALE_SCAN_MAX_SECONDS, settings.pending_stale_seconds / 2)
+            ),
+        )
+
+
+class Worker:
+    """Drains the outbox and runs the periodic checks until `stop()`."""
+
+    def __init__(self, services: Services, options: WorkerOptions | None = None) -> None:
+        self.services = services
+        self.options = options or WorkerOptions.from_settings(services.settings)
+        # Unique per process start: a restarted worker never mistakes old leases for its own.
+        self.owner = f"{outbox.worker_id()}:{secrets.token_hex(3)}"
+        self.kinds = tuple(sorted(outbox.HANDLERS))
+        self.stopping = threading.Event()
+        self._draining = threading.Lock()
+        self._pause_until = 0.0
+        self._store_failures = 0
+        self.scheduler: BackgroundScheduler | None = None
+        self.jobs_run = 0
+
+    # The periodic jobs; each catches its own failures so that one bad tick is one log line.
+
+    def drain_due(self) -> int:
+        """Run due jobs until none is due or the worker stops; return how many ran."""
+        if not self._draining.acquire(blocking=False):
+            return 0  # the previous tick is still draining
+        ran = 0
+        try:
+            if self.stopping.is_set() or time.monotonic() < self._pause_until:
+                return 0
+            if not outbox.is_due(self.services, kinds=self.kinds):
+                self._store_ok()
+                return 0
+            while not self.stopping.is_set():
+                ids = outbox.claim(
+                    self.services,
+                    owner=self.owner,
+                    limit=self.options.batch_size,
+                    lease_seconds=self.options.lease_seconds,
+                    kinds=self.kinds,
+                )
+                if not ids:
+                    break
+                for index, job_id in enumerate(ids):
+                    if self.stopping.is_set():
+                        outbox.release_leases(self.services, self.owner, ids[index:])
+                        break
+                    outbox.run_job(self.services, job_id, owner=self.owner)
+                    ran += 1
+                    self.jobs_run += 1
+            self._store_ok()
+        except SQLAlchemyError as exc:
+            self._store_failed(exc)
+        except Exception:
+            log.exception("draining the outbox failed")
+        finally:
+            self._draining.release()
+        return ran
+
+    def renew_leases(self) -> None:
+        try:
+            outbox.renew_leases(self.services, self.owner, self.options.lease_seconds)
+        except SQLAlchemyError as exc:
+            log.warning("renewing leases failed: %s", _store_error(exc))
+
+    def scan_pending_refunds(self) -> None:
+        from bridge import stripe_check
+
+        try:
+            queued = stripe_check.enqueue_stale_checks(self.services)
+        except SQLAlchemyError as exc:
+            log.warning("scanning stale PENDING refunds failed: %s", _store_error(exc))
+            return
+        except Exception:
+            log.exception("scanning stale PENDING refunds failed")
+            return
+        if queued:
+            log.info("queued %d check(s) of stale PENDING refunds", queued)
+
+    def housekeeping(self) -> None:
+        from bridge import housekeeping
+
+        try:
+            housekeeping.run(self.services, should_stop=self.stopping.is_set)
+        except SQLAlchemyError as exc:
+            log.warning("housekeeping failed: %s", _store_error(exc))
+        except Exception:
+            log.exception("housekeeping failed")
+
+    def _store_ok(self) -> None:
+        if self._store_failures:
+            log.info("the store answers again")
+        self._store_failures = 0
+
+    def _store_failed(self, exc: SQLAlchemyError) -> None:
+        # Back off while the store is down, so a dead database is not a log line per poll.
+        self._store_failures += 1
+        pause = min(STORE_ERROR_PAUSE_MAX, self.options.poll_seconds * 2**self._store_failures)
+        self._pause_until = time.monotonic() + pause
+        log.warning("the store is not answering (retry in %.1f s): %s", pause, _store_error(exc))
+
+    # Running.
+
+    def start(self) -> None:
+        """Start the scheduler's threads (returns at once)."""
+        options = self.options
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=6)},
+            job_defaults={"coalesce": True, "misfire_grace_time": 30},
+            timezone=UTC,
+        )
+        now = datetime.now(UTC)
+        # max_instances=2: a tick during a long drain starts, finds the drain lock taken and
+        # returns, instead of APScheduler logging a skipped run every poll.
+        scheduler.add_job(
+            self.drain_due,
+            "interval",
+            seconds=options.poll_seconds,
+            id="outbox",
+            max_instances=2,
+            next_run_time=now,
+        )
+        scheduler.add_job(
+            self.renew_leases, "interval", seconds=max(1.0, options.lease_seconds / 3), id="leases"
+        )
+        scheduler.add_job(
+            self.scan_pending_refunds,
+            "interval",
+            seconds=options.stale_scan_seconds,
+            id="pending_refunds",
+            next_run_time=now,
+        )
+        if options.housekeeping:
+            scheduler.add_job(
+                self.housekeeping,
+                "interval",
+                seconds=HOUSEKEEPING_EVERY.total_seconds(),
+                id="housekeeping",
+                next_run_time=now + HOUSEKEEPING_FIRST_DELAY,
+            )
+        scheduler.start()
+        self.scheduler = scheduler
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no new job starts; the one in hand finishes."""
+        self.stopping.set()
+
+    def shutdown(self) -> None:
+        """Wait for the running jobs (the job in hand), then hand back what was claimed."""
+        self.stopping.set()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        try:
+            released = outbox.release_leases(self.services, self.owner)
+        except SQLAlchemyError as exc:
+            log.warning("handing back claimed jobs failed (their leases expire): %s", exc)
+        else:
+            if released:
+                log.info("handed back %d claimed job(s)", released)
+
+    def run_until_stopped(self) -> None:
+        self.start()
+        # A bounded wait in a loop: the main thread stays responsive to signals.
+        while not self.stopping.wait(1.0):
+            pass
+        log.info("worker stopping: finishing the job in hand")
+        self.shutdown()
+
+    def run_once(self) -> int:
+        """Every due job and each periodic check once, in this thread; return jobs run."""
+        self.scan_pending_refunds()
+        if self.options.housekeeping:
+            self.housekeeping()
+        return self.drain_due()
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if worker.stopping.is_set():
+            log.info("already stopping (signal %s)", signal.Signals(signum).name)
+            return
+        log.info("received %s", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def run_worker(settings: Settings, *, migrate: bool = True, once: bool = False) -> int:
+    """The `refund-bridge worker` process; returns its exit code (0 after a clean stop).
+
+    Raises WorkerStartError with a one-line reason when it cannot start.
+    """
+    from bridge.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    if settings.log_level != "DEBUG":
+        # APScheduler logs every run of every job at INFO: twice a second here.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    services = build_services(settings)
+    lock: SingleWorkerLock | None = None
+    try:
+        path = sqlite_path(services.store)
+        if path is not None:
+            lock = SingleWorkerLock(path)
+            lock.acquire()
+        prepare_store(services.store, migrate=migrate)
+        missing = import_handler_modules()
+        worker = Worker(services)
+        log.info(
+            "worker %s started",
+            worker.owner,
+            extra={
+                "kinds": list(worker.kinds),
+                "missing_modules": missing,
+                "store": services.store.engine.dialect.name,
+            },
+        )
+        if once:
+            ran = worker.run_once()
+            log.info("ran %d job(s)", ran)
+            return 0
+        install_signal_handlers(worker)
+        worker.run_until_stopped()
+        log.info("worker stopped after %d job(s)", worker.jobs_run)
+        return 0
+    finally:
+        services.close()
+        if lock is not None:
+            lock.release()
