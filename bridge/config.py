@@ -71,6 +71,9 @@ class Settings:
     retention_days: int = 90
     worker_poll_seconds: float = 0.5
     worker_lease_seconds: int = 30
+    # The Directus Flows (docs/directus.md).
+    public_url: str = "http://127.0.0.1:8080"
+    flow_service_token: str | None = None
 
     def as_flask_config(self) -> dict[str, Any]:
         return {"BRIDGE_SETTINGS": self}
@@ -239,4 +242,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_int(env, "BRIDGE_RETENTION_DAYS", 90, minimum=1),
         worker_poll_seconds=_float(env, "BRIDGE_WORKER_POLL_SECONDS", 0.5),
         worker_lease_seconds=_int(env, "BRIDGE_WORKER_LEASE_SECONDS", 30, minimum=5),
+        public_url=_url(env, "BRIDGE_PUBLIC_URL", required=False) or "http://127.0.0.1:8080",
+        flow_service_token=_flow_service_token(env, api_tokens),
     )
+
+
+def _flow_service_token(env: Mapping[str, str], api_tokens: tuple[str, ...]) -> str | None:
+    """The service token the "request refund" Flow calls the bridge with: one of
+    BRIDGE_API_TOKENS (so the bridge accepts it), dedicated so that it can be revoked alone."""
+    token = env.get("BRIDGE_FLOW_SERVICE_TOKEN", "").strip() or None
+    if token is not None and token not in api_tokens:
+        raise ConfigError("BRIDGE_FLOW_SERVICE_TOKEN", "must be one of BRIDGE_API_TOKENS")
+    return token
