@@ -104,45 +104,137 @@ REFUND_FIELDS: list[dict[str, Any]] = [
 ]
 
 
+class SchemaError(Exception):
+    """The schema cannot be applied (e.g. COOCO's orders collection is missing)."""
+
+
 @dataclass
 class SchemaPlan:
-    """What `apply_schema` did or (dry run) would do, one line per change."""
+    """What `apply_schema` did or (dry run) would do, one line per change; `conflicts` are
+    differences it will not fix by itself (they would need a column rewritten)."""
 
     changes: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
 
     def add(self, line: str) -> None:
         self.changes.append(line)
 
+    def conflict(self, line: str) -> None:
+        self.conflicts.append(line)
 
-def _order_pk(client: DirectusClient, orders: str) -> dict[str, Any]:
-    for item in client.list_fields(orders):
+    @property
+    def in_place(self) -> bool:
+        """True when Directus already has the schema: nothing to change, nothing in conflict."""
+        return not self.changes and not self.conflicts
+
+
+REFUNDS_COLLECTION_META: dict[str, Any] = {
+    "icon": "currency_exchange",
+    "note": "Refunds, written by refund-bridge (read-only here)",
+    "display_template": "{{id}} · {{amount_cents}} {{currency}} · {{status}}",
+    "sort_field": None,
+}
+ORDER_REFUNDS_ALIAS_META: dict[str, Any] = {
+    "special": ["o2m"],
+    "interface": "list-o2m",
+    "readonly": True,
+    "note": "Refunds of this order (refund-bridge)",
+    "options": {
+        "enableCreate": False,
+        "enableSelect": False,
+        "template": "{{status}} · {{amount_cents}} {{currency}} · {{reason}} · {{created_at}}",
+    },
+}
+ORDER_ID_META: dict[str, Any] = {
+    "interface": "select-dropdown-m2o",
+    "special": ["m2o"],
+    "readonly": True,
+}
+
+
+def _order_pk(fields: list[dict[str, Any]], orders: str) -> dict[str, Any]:
+    for item in fields:
         if (item.get("schema") or {}).get("is_primary_key"):
             return item
-    raise RuntimeError(f"collection {orders!r} has no primary key field")
+    raise SchemaError(f"collection {orders!r} has no primary key field")
+
+
+def _meta_differences(current: dict[str, Any] | None, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `wanted` whose value differs in `current` (keys we do not set are the
+    admins', and left alone)."""
+    current = current or {}
+    return {key: value for key, value in wanted.items() if current.get(key) != value}
+
+
+def _apply_field(
+    client: DirectusClient,
+    plan: SchemaPlan,
+    collection: str,
+    definition: dict[str, Any],
+    existing: dict[str, Any] | None,
+    *,
+    dry_run: bool,
+) -> None:
+    name = f"{collection}.{definition['field']}"
+    if existing is None:
+        plan.add(f"create field {name} ({definition['type']})")
+        if not dry_run:
+            client.create_field(collection, definition)
+        return
+    if existing.get("type") != definition["type"]:
+        plan.conflict(
+            f"field {name} is {existing.get('type')}, expected {definition['type']} "
+            "(not changed: converting a column is for a person to decide)"
+        )
+        return
+    differences = _meta_differences(existing.get("meta"), definition.get("meta") or {})
+    if differences:
+        plan.add(f"update field {name}: {', '.join(sorted(differences))}")
+        if not dry_run:
+            client.update_field(collection, definition["field"], {"meta": differences})
 
 
 def apply_schema(
-    client: DirectusClient, order_fields: OrderFields | None = None, *, dry_run: bool = False
+    client: DirectusClient,
+    order_fields: OrderFields | None = None,
+    *,
+    dry_run: bool = False,
+    refunds_collection: str = REFUNDS,
 ) -> SchemaPlan:
-    """Create the refunds collection, its fields, the relation and the alias (what is missing)."""
+    """Bring Directus to the schema the bridge needs: create what is missing, set the
+    settings of our own fields that differ, never touch a field we do not define.
+
+    Idempotent: a second run has nothing to do. With `dry_run`, only reads: the plan says
+    what a real run would change. `refunds_collection` exists for tests (the contract's name
+    is `refunds`).
+    """
     orders = (order_fields or OrderFields()).collection
+    refunds = refunds_collection
     plan = SchemaPlan()
     if client.get_collection(orders) is None:
-        raise RuntimeError(f"the {orders!r} collection does not exist in Directus")
-    pk = _order_pk(client, orders)
-    pk_type = pk.get("type") or "string"
+        raise SchemaError(
+            f"the {orders!r} collection does not exist in Directus "
+            "(BRIDGE_ORDERS_COLLECTION names COOCO's orders collection)"
+        )
+    order_field_list = client.list_fields(orders)
+    pk = _order_pk(order_field_list, orders)
+    pk_type = str(pk.get("type") or "string")
 
-    if client.get_collection(REFUNDS) is None:
-        plan.add(f"create collection {REFUNDS}")
+    refunds_item = client.get_collection(refunds)
+    refunds_exists = refunds_item is not None
+    if refunds_item is not None:
+        differences = _meta_differences(refunds_item.get("meta"), REFUNDS_COLLECTION_META)
+        if differences:
+            plan.add(f"update collection {refunds}: {', '.join(sorted(differences))}")
+            if not dry_run:
+                client.update_collection(refunds, {"meta": differences})
+    else:
+        plan.add(f"create collection {refunds} (primary key id: string)")
         if not dry_run:
             client.create_collection(
                 {
-                    "collection": REFUNDS,
-                    "meta": {
-                        "icon": "currency_exchange",
-                        "note": "Refunds, written by refund-bridge (read-only here)",
-                        "sort_field": None,
-                    },
+                    "collection": refunds,
+                    "meta": REFUNDS_COLLECTION_META,
                     "schema": {},
                     "fields": [
                         {
@@ -154,62 +246,97 @@ def apply_schema(
                     ],
                 }
             )
-    existing = (
-        set()
-        if dry_run and client.get_collection(REFUNDS) is None
-        else {f["field"] for f in client.list_fields(REFUNDS)}
+    existing: dict[str, dict[str, Any]] = (
+        {f["field"]: f for f in client.list_fields(refunds)}
+        if refunds_exists or not dry_run
+        else {}
     )
-    for definition in REFUND_FIELDS:
-        if definition["field"] not in existing:
-            plan.add(f"create field {REFUNDS}.{definition['field']}")
-            if not dry_run:
-                client.create_field(REFUNDS, definition)
+    refunds_pk = existing.get("id")
+    if refunds_pk is not None and (
+        refunds_pk.get("type") != "string"
+        or not (refunds_pk.get("schema") or {}).get("is_primary_key")
+    ):
+        plan.conflict(f"field {refunds}.id must be the string primary key")
 
-    if "order_id" not in existing:
-        plan.add(f"create field {REFUNDS}.order_id ({pk_type}, many-to-one to {orders})")
+    for definition in REFUND_FIELDS:
+        _apply_field(
+            client, plan, refunds, definition, existing.get(definition["field"]), dry_run=dry_run
+        )
+    _apply_field(
+        client,
+        plan,
+        refunds,
+        {"field": "order_id", "type": pk_type, "schema": {}, "meta": ORDER_ID_META},
+        existing.get("order_id"),
+        dry_run=dry_run,
+    )
+
+    _apply_order_alias(client, plan, orders, order_field_list, dry_run=dry_run)
+    _apply_relation(client, plan, refunds, orders, refunds_exists, dry_run=dry_run)
+    return plan
+
+
+def _apply_order_alias(
+    client: DirectusClient,
+    plan: SchemaPlan,
+    orders: str,
+    order_field_list: list[dict[str, Any]],
+    *,
+    dry_run: bool,
+) -> None:
+    alias = next((f for f in order_field_list if f.get("field") == ORDER_REFUNDS_ALIAS), None)
+    if alias is not None and alias.get("type") != "alias":
+        plan.conflict(
+            f"field {orders}.{ORDER_REFUNDS_ALIAS} exists but is not the list of refunds "
+            f"(type {alias.get('type')}); rename it so the order's refunds can be shown"
+        )
+        return
+    _apply_field(
+        client,
+        plan,
+        orders,
+        {"field": ORDER_REFUNDS_ALIAS, "type": "alias", "meta": ORDER_REFUNDS_ALIAS_META},
+        alias,
+        dry_run=dry_run,
+    )
+
+
+def _apply_relation(
+    client: DirectusClient,
+    plan: SchemaPlan,
+    refunds: str,
+    orders: str,
+    refunds_exists: bool,
+    *,
+    dry_run: bool,
+) -> None:
+    relations = client.list_relations(refunds) if refunds_exists or not dry_run else []
+    relation = next((r for r in relations if r.get("field") == "order_id"), None)
+    if relation is None:
+        plan.add(f"create relation {refunds}.order_id -> {orders} (listed as {orders}.refunds)")
         if not dry_run:
-            client.create_field(
-                REFUNDS,
-                {
-                    "field": "order_id",
-                    "type": pk_type,
-                    "schema": {},
-                    "meta": {
-                        "interface": "select-dropdown-m2o",
-                        "special": ["m2o"],
-                        "readonly": True,
-                    },
-                },
-            )
-    relations = [] if dry_run and "order_id" not in existing else client.list_relations(REFUNDS)
-    if not any(r.get("field") == "order_id" for r in relations):
-        plan.add(f"create relation {REFUNDS}.order_id -> {orders} (alias {orders}.refunds)")
-        if not dry_run:
-            order_fields_now = {f["field"] for f in client.list_fields(orders)}
-            if ORDER_REFUNDS_ALIAS not in order_fields_now:
-                client.create_field(
-                    orders,
-                    {
-                        "field": ORDER_REFUNDS_ALIAS,
-                        "type": "alias",
-                        "meta": {
-                            "special": ["o2m"],
-                            "interface": "list-o2m",
-                            "readonly": True,
-                            "note": "Refunds of this order (refund-bridge)",
-                        },
-                    },
-                )
             client.create_relation(
                 {
-                    "collection": REFUNDS,
+                    "collection": refunds,
                     "field": "order_id",
                     "related_collection": orders,
-                    "meta": {"one_field": ORDER_REFUNDS_ALIAS},
+                    "meta": {"one_field": ORDER_REFUNDS_ALIAS, "one_deselect_action": "nullify"},
                     "schema": {"on_delete": "SET NULL"},
                 }
             )
-    return plan
+        return
+    if relation.get("related_collection") != orders:
+        plan.conflict(
+            f"relation {refunds}.order_id points to {relation.get('related_collection')}, "
+            f"expected {orders}"
+        )
+        return
+    if (relation.get("meta") or {}).get("one_field") != ORDER_REFUNDS_ALIAS:
+        plan.add(f"update relation {refunds}.order_id: list it as {orders}.refunds")
+        if not dry_run:
+            client.update_relation(
+                refunds, "order_id", {"meta": {"one_field": ORDER_REFUNDS_ALIAS}}
+            )
 
 
 def create_demo_orders(client: DirectusClient, order_fields: OrderFields | None = None) -> bool:

@@ -13,6 +13,7 @@ from directus_client.errors import (
     NotFoundError,
     RateLimitedError,
     RecordNotUniqueError,
+    UriTooLongError,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "NotFoundError",
     "RateLimitedError",
     "RecordNotUniqueError",
+    "UriTooLongError",
 ]

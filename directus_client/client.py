@@ -1,27 +1,34 @@
 """A client for the Directus REST API, on requests.
 
 Pooled keep-alive session, connect and read timeouts, and retries (urllib3's `Retry`: capped
-exponential backoff with jitter, honouring `Retry-After`) for connection errors, 429 and 5xx,
-only on calls that are safe to repeat: reads, and PATCHes that set fields to given values.
-POSTs that create are not retried here; callers that need them at least once use their own
-outbox.
+exponential backoff with jitter, honouring `Retry-After` up to a cap) for connection errors,
+read timeouts, 429 and 5xx, only on calls that are safe to repeat: reads, and PATCHes that set
+fields to given values. POSTs and DELETEs are retried only when the connection could not be
+made (nothing was sent); callers that need them done at least once use their own outbox.
 
-Directus quirks handled here: a GET of a missing item answers 403, which `get_item` reports as
-`NotFoundError` when the token can read the collection (else it stays `ForbiddenError`); a PATCH
-of a missing item answers 204 with no body, which `update_item` reports as `NotFoundError`. Ids
-and collection names in paths are URL-encoded so that an id like `1/../../users` stays one
-path segment.
+Directus quirks handled here (measured on 11.3.5):
+- a GET of a missing item answers 403, like an item the token may not read: `get_item` raises
+  `NotFoundError` only when the same query on the collection is allowed (so the item is really
+  absent), else the `ForbiddenError` stands;
+- a PATCH of a missing item answers 204 with no body (admin tokens) or 403 (other tokens):
+  `update_item` raises `NotFoundError` for both when the item is confirmed absent;
+- ids and collection names in paths are percent-encoded as one segment: `1/../../users` stays
+  one id, `..` is sent as `%2E%2E`; an id too long for a URL (Directus answers 431) cannot name
+  an item and is reported as not found.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -33,25 +40,72 @@ from directus_client.errors import (
     DirectusUnavailableError,
     ForbiddenError,
     NotFoundError,
+    RateLimitedError,
+    UriTooLongError,
 )
 
 log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# PATCH is here because every PATCH this client sends sets fields to given values: sending it
+# twice leaves the same state. POST (creates, Flow triggers) and DELETE are not.
 SAFE_TO_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "PATCH", "SEARCH"})
 
 
+class _Retry(Retry):
+    """urllib3's Retry that waits at most `retry_after_cap` seconds for a `Retry-After`, and
+    falls back to its own backoff when the header cannot be parsed (urllib3 would raise)."""
+
+    retry_after_cap: float = 10.0
+
+    def new(self, **kw: Any) -> Self:
+        other = super().new(**kw)
+        other.retry_after_cap = self.retry_after_cap
+        return other
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        try:
+            seconds = super().parse_retry_after(retry_after)
+        except urllib3.exceptions.InvalidHeader:
+            return 0.0  # 0 means "no usable header": the exponential backoff applies
+        return min(seconds, self.retry_after_cap)
+
+
 def _segment(value: object) -> str:
-    """One URL path segment: every reserved character (including '/') percent-encoded."""
+    """One URL path segment: every reserved character (including '/') percent-encoded, and
+    the dot segments '.' and '..' encoded so that no URL normaliser can resolve them."""
     text = str(value)
-    if text in ("", ".", ".."):
-        raise ValueError(f"invalid path segment {text!r}")
-    return quote(text, safe="")
+    if text == "":
+        raise ValueError("empty path segment")
+    encoded = quote(text, safe="")
+    if encoded in (".", ".."):
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+def _item_path(collection: str, item_id: object) -> str:
+    if str(item_id) == "":
+        # "/items/orders/" would list the collection: an empty id names no item.
+        raise NotFoundError(f"{collection} item '' does not exist", code="NOT_FOUND")
+    return f"/items/{_segment(collection)}/{_segment(item_id)}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(0.0, email.utils.mktime_tz(parsed) - time.time())
 
 
 class DirectusClient:
-    """Talks to one Directus instance with one token."""
+    """Talks to one Directus instance with one token (thread-safe: one pooled session)."""
 
     def __init__(
         self,
@@ -64,6 +118,7 @@ class DirectusClient:
         backoff_factor: float = 0.25,
         backoff_max: float = 8.0,
         backoff_jitter: float = 0.25,
+        retry_after_max: float = 10.0,
         pool_maxsize: int = 16,
         session: requests.Session | None = None,
         user_agent: str = "refund-bridge-directus-client",
@@ -71,12 +126,13 @@ class DirectusClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.session = session or requests.Session()
-        retry = Retry(
+        retry = _Retry(
             total=retries,
             connect=retries,
             read=retries,
             status=retries,
             other=0,
+            redirect=0,
             allowed_methods=SAFE_TO_RETRY,
             status_forcelist=RETRY_STATUSES,
             backoff_factor=backoff_factor,
@@ -86,6 +142,8 @@ class DirectusClient:
             raise_on_status=False,
             raise_on_redirect=False,
         )
+        retry.retry_after_cap = retry_after_max
+        self.retry = retry
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool_maxsize)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -94,11 +152,13 @@ class DirectusClient:
         self._token = token
 
     def with_token(self, token: str) -> DirectusClient:
-        """A client for the same server with another token, sharing this one's pool."""
+        """A client for the same server with another token, sharing this one's pool (closing
+        either closes the pool of both)."""
         other = DirectusClient.__new__(DirectusClient)
         other.base_url = self.base_url
         other.timeout = self.timeout
         other.session = self.session
+        other.retry = self.retry
         other._token = token
         return other
 
@@ -116,7 +176,10 @@ class DirectusClient:
         json_body: Any = None,
         token: str | None = None,
     ) -> Any:
-        """Send one request; return the decoded JSON (or None for an empty body)."""
+        """Send one request; return the decoded JSON (or None for an empty body).
+
+        `token=None` uses the client's token, `token=""` sends no Authorization at all.
+        """
         url = f"{self.base_url}{path}"
         headers: dict[str, str] = {}
         bearer = token if token is not None else self._token
@@ -131,12 +194,13 @@ class DirectusClient:
                 json=json_body,
                 headers=headers,
                 timeout=self.timeout,
+                allow_redirects=False,
             )
         except requests.Timeout as exc:
             raise DirectusTimeoutError(
                 "Directus did not answer in time", method=method, url=url
             ) from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise DirectusUnavailableError(
                 f"Directus could not be reached: {type(exc).__name__}", method=method, url=url
             ) from exc
@@ -151,23 +215,33 @@ class DirectusClient:
                 body = response.json()
             except ValueError:
                 body = response.text[:500]
-        if status < 400:
+        if status < 300:
             return body
         code, message = None, f"HTTP {status}"
         if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
             first = body["errors"][0] if isinstance(body["errors"][0], dict) else {}
             message = str(first.get("message") or message)
             extensions = first.get("extensions")
-            if isinstance(extensions, dict):
-                code = extensions.get("code")
+            if isinstance(extensions, dict) and isinstance(extensions.get("code"), str):
+                code = extensions["code"]
         error_cls: type[DirectusError]
-        if status >= 500 or status == 429:
-            error_cls = DirectusUnavailableError if status != 429 else ERRORS_BY_STATUS[429]
+        if status == 429:
+            error_cls = RateLimitedError
+        elif status >= 500:
+            error_cls = DirectusUnavailableError
+        elif status < 400:
+            # Directus does not redirect API calls; a proxy in front of it might.
+            error_cls = DirectusError
+            location = response.headers.get("Location", "").split("?")[0][:200]
+            message = f"unexpected redirect (HTTP {status}) to {location or 'nowhere'}"
         else:
             error_cls = ERRORS_BY_CODE.get(code or "") or ERRORS_BY_STATUS.get(
                 status, DirectusError
             )
-        raise error_cls(message, status=status, code=code, method=method, url=url, body=body)
+        error = error_cls(message, status=status, code=code, method=method, url=url, body=body)
+        if isinstance(error, DirectusUnavailableError):
+            error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise error
 
     # -- server ------------------------------------------------------------------------------
 
@@ -178,40 +252,60 @@ class DirectusClient:
         except DirectusError:
             return False
 
+    def server_info(self) -> Item:
+        """`/server/info` (with a token that may see it: the version, among others)."""
+        return dict(_data(self.request("GET", "/server/info")) or {})
+
     # -- items -------------------------------------------------------------------------------
 
     def get_item(
         self, collection: str, item_id: object, *, fields: Sequence[str] | None = None
     ) -> Item:
-        """One item. Directus answers 403 for a missing item: raised here as NotFoundError
-        only when the item is confirmed absent (the caller can read the collection)."""
-        path = f"/items/{_segment(collection)}/{_segment(item_id)}"
+        """One item by primary key.
+
+        Directus answers 403 both for a missing item and for one the token may not read:
+        `NotFoundError` is raised only when the token may run the same query on the
+        collection (so the item is absent), else the `ForbiddenError` stands.
+        """
+        path = _item_path(collection, item_id)
         params = {"fields": ",".join(fields)} if fields else None
         try:
             data = self.request("GET", path, params=params)
+        except UriTooLongError as exc:
+            raise _not_found(collection, item_id, exc) from exc
         except ForbiddenError as exc:
-            if self._collection_readable(collection):
-                raise NotFoundError(
-                    f"{collection} item {item_id!r} does not exist",
-                    status=exc.status,
-                    code="NOT_FOUND",
-                    method="GET",
-                    url=exc.url,
-                ) from exc
+            if self._collection_readable(collection, fields):
+                raise _not_found(collection, item_id, exc) from exc
             raise
         return _data(data)
 
-    def _collection_readable(self, collection: str) -> bool:
+    def _collection_readable(self, collection: str, fields: Sequence[str] | None = None) -> bool:
+        """Whether the token may query the collection with these fields (Directus answers
+        403 for a field the token may not read, even with limit=0)."""
+        params: dict[str, Any] = {"limit": 0}
+        if fields:
+            params["fields"] = ",".join(fields)
         try:
-            self.request("GET", f"/items/{_segment(collection)}", params={"limit": 0})
+            self.request("GET", f"/items/{_segment(collection)}", params=params)
         except ForbiddenError:
             return False
         return True
 
+    def _item_absent(self, collection: str, item_id: object) -> bool:
+        """True only when the item is confirmed not to exist."""
+        try:
+            self.request("GET", _item_path(collection, item_id))
+        except ForbiddenError:
+            return self._collection_readable(collection)
+        except UriTooLongError:
+            return True
+        return False
+
     def find_item(
         self, collection: str, item_id: object, *, fields: Sequence[str] | None = None
     ) -> Item | None:
-        """One item by primary key through a filter query: None when it does not exist."""
+        """One item by primary key (`id`) through a filter query: None when it does not
+        exist or the token may not see it."""
         rows = self.query_items(
             collection,
             filter={"id": {"_eq": item_id}},
@@ -232,6 +326,8 @@ class DirectusClient:
         aggregate: Mapping[str, Any] | None = None,
         group_by: Sequence[str] | None = None,
     ) -> list[Item]:
+        """Items matching a query. Without `limit`, Directus returns its default page (100
+        items unless QUERY_LIMIT_DEFAULT says otherwise); `limit=-1` returns all."""
         params: dict[str, Any] = {}
         if filter is not None:
             params["filter"] = filter
@@ -266,11 +362,24 @@ class DirectusClient:
         *,
         fields: Sequence[str] | None = None,
     ) -> Item:
-        """PATCH one item. A missing item (Directus: 204, empty body) raises NotFoundError."""
-        path = f"/items/{_segment(collection)}/{_segment(item_id)}"
+        """PATCH one item; returns it with `fields` (default: its `id`).
+
+        A missing item raises `NotFoundError`: Directus answers 204 with no body for it
+        (admin tokens) or 403 (other tokens); both are checked with a read before saying so.
+        The token must be able to read what it updates (a 204 for an item it updated but may
+        not read back is also reported as not found).
+        """
+        path = _item_path(collection, item_id)
         params = {"fields": ",".join(fields or ("id",))}
-        data = self.request("PATCH", path, params=params, json_body=values)
-        if not data or not isinstance(data, dict) or not data.get("data"):
+        try:
+            data = self.request("PATCH", path, params=params, json_body=values)
+        except UriTooLongError as exc:
+            raise _not_found(collection, item_id, exc) from exc
+        except ForbiddenError as exc:
+            if self._item_absent(collection, item_id):
+                raise _not_found(collection, item_id, exc) from exc
+            raise
+        if not isinstance(data, dict) or not data.get("data"):
             raise NotFoundError(
                 f"{collection} item {item_id!r} does not exist",
                 status=204,
@@ -283,7 +392,8 @@ class DirectusClient:
     def update_items(
         self, collection: str, keys: Iterable[object], values: Mapping[str, Any]
     ) -> list[Item]:
-        """PATCH many items with the same values; returns the items that were updated."""
+        """PATCH many items with the same values; returns the items that were updated (a key
+        that matches no item is simply not among them)."""
         body = {"keys": list(keys), "data": dict(values)}
         data = self.request(
             "PATCH", f"/items/{_segment(collection)}", params={"fields": "id"}, json_body=body
@@ -300,18 +410,27 @@ class DirectusClient:
         return list(rows) if isinstance(rows, list) else []
 
     def delete_item(self, collection: str, item_id: object) -> None:
-        self.request("DELETE", f"/items/{_segment(collection)}/{_segment(item_id)}")
+        """DELETE one item (Directus answers 204 also when it did not exist)."""
+        self.request("DELETE", _item_path(collection, item_id))
 
-    # -- users -------------------------------------------------------------------------------
+    # -- users and permissions ---------------------------------------------------------------
 
     def me(self, *, token: str | None = None, fields: Sequence[str] | None = None) -> Item:
-        """The user the token belongs to (`/users/me`)."""
+        """The user the token belongs to (`/users/me`). A token whose policies give no read
+        access to directus_users sees only its `id`."""
         params = {"fields": ",".join(fields)} if fields else None
         return _data(self.request("GET", "/users/me", params=params, token=token))
 
     def get_user(self, user_id: object, *, fields: Sequence[str] | None = None) -> Item:
         params = {"fields": ",".join(fields)} if fields else None
         return _data(self.request("GET", f"/users/{_segment(user_id)}", params=params))
+
+    def permissions_me(self, *, token: str | None = None) -> dict[str, dict[str, Item]]:
+        """What the token may do, by collection and action (`/permissions/me`, Directus 11):
+        `{collection: {action: {"access": "full"|"partial"|"none", "fields": [...]}}}`.
+        Changes nothing; collections the token has no permission on at all may be absent."""
+        data = _data(self.request("GET", "/permissions/me", token=token))
+        return dict(data) if isinstance(data, dict) else {}
 
     def user_has_admin_access(self, user_id: object) -> bool:
         """Whether the user has admin access through any policy (Directus 11: policies on
@@ -366,10 +485,49 @@ class DirectusClient:
 
     # -- flows -------------------------------------------------------------------------------
 
-    def trigger_flow(self, flow_id: str, payload: Mapping[str, Any]) -> Any:
-        """POST /flows/trigger/<id> (webhook trigger). Not retried here: a Flow may send
-        e-mails, so the caller decides (the bridge's outbox retries it, once per result)."""
-        return self.request("POST", f"/flows/trigger/{_segment(flow_id)}", json_body=payload)
+    def trigger_flow(
+        self, flow_id: str, payload: Mapping[str, Any], *, token: str | None = ""
+    ) -> Any:
+        """POST /flows/trigger/<id> and return the Flow's answer (its last operation's output).
+
+        A webhook Flow needs no token, and a Flow can see the request's headers: by default no
+        Authorization is sent (`token=None` sends the client's, e.g. for a manual Flow). Not
+        retried here: a Flow may send e-mails, so the caller decides (the bridge's outbox
+        retries it, once per result).
+        """
+        return self.request(
+            "POST", f"/flows/trigger/{_segment(flow_id)}", json_body=payload, token=token
+        )
+
+    def list_flows(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
+        sort: Sequence[str] | None = None,
+        limit: int = -1,
+    ) -> list[Item]:
+        return self.list_system("flows", filter=filter, fields=fields, sort=sort, limit=limit)
+
+    def create_flow(self, values: Mapping[str, Any]) -> Item:
+        return self.create_system("flows", values)
+
+    def update_flow(self, flow_id: object, values: Mapping[str, Any]) -> Item:
+        return self.update_system("flows", flow_id, values)
+
+    def delete_flow(self, flow_id: object) -> None:
+        self.delete_system("flows", flow_id)
+
+    def list_operations(self, flow_id: object) -> list[Item]:
+        return self.list_system("operations", filter={"flow": {"_eq": str(flow_id)}})
+
+    def create_operation(self, values: Mapping[str, Any]) -> Item:
+        return self.create_system("operations", values)
+
+    def delete_operations(self, operation_ids: Sequence[object]) -> None:
+        """Delete several operations in one call (they may point to each other)."""
+        if operation_ids:
+            self.request("DELETE", "/operations", json_body=[str(i) for i in operation_ids])
 
     # -- schema and system collections (for `schema apply`, `flows sync`, `check`) -----------
 
@@ -377,9 +535,14 @@ class DirectusClient:
         return list(_data(self.request("GET", "/collections")) or [])
 
     def get_collection(self, collection: str) -> Item | None:
+        """The collection, or None when it does not exist. Directus answers 403 for both a
+        missing collection and a token that may not read the schema: the second raises."""
         try:
             return _data(self.request("GET", f"/collections/{_segment(collection)}"))
         except (ForbiddenError, NotFoundError):
+            names = {c.get("collection") for c in self.list_collections()}
+            if collection in names:
+                raise
             return None
 
     def create_collection(self, definition: Mapping[str, Any]) -> Item:
@@ -410,11 +573,30 @@ class DirectusClient:
     def create_relation(self, definition: Mapping[str, Any]) -> Item:
         return _data(self.request("POST", "/relations", json_body=definition))
 
-    def list_system(self, endpoint: str, *, filter: Mapping[str, Any] | None = None) -> list[Item]:
-        """Items of a system collection by its endpoint (`flows`, `operations`, `dashboards`...)."""
-        params: dict[str, Any] = {"limit": -1}
+    def update_relation(self, collection: str, field: str, values: Mapping[str, Any]) -> Item:
+        return _data(
+            self.request(
+                "PATCH", f"/relations/{_segment(collection)}/{_segment(field)}", json_body=values
+            )
+        )
+
+    def list_system(
+        self,
+        endpoint: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
+        sort: Sequence[str] | None = None,
+        limit: int = -1,
+    ) -> list[Item]:
+        """Items of a system collection by its endpoint (`flows`, `operations`, `roles`...)."""
+        params: dict[str, Any] = {"limit": limit}
         if filter is not None:
             params["filter"] = filter
+        if fields:
+            params["fields"] = ",".join(fields)
+        if sort:
+            params["sort"] = ",".join(sort)
         return list(_data(self.request("GET", f"/{_segment(endpoint)}", params=params)) or [])
 
     def create_system(self, endpoint: str, values: Mapping[str, Any]) -> Item:
@@ -427,6 +609,7 @@ class DirectusClient:
             raise NotFoundError(
                 f"{endpoint} item {item_id!r} does not exist",
                 status=204,
+                code="NOT_FOUND",
                 method="PATCH",
                 url=f"{self.base_url}{path}",
             )
@@ -434,6 +617,18 @@ class DirectusClient:
 
     def delete_system(self, endpoint: str, item_id: object) -> None:
         self.request("DELETE", f"/{_segment(endpoint)}/{_segment(item_id)}")
+
+
+def _not_found(collection: str, item_id: object, cause: DirectusError) -> NotFoundError:
+    shown = str(item_id)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return NotFoundError(
+        f"{collection} item {shown!r} does not exist",
+        status=cause.status,
+        code="NOT_FOUND",
+        method=cause.method,
+        url=cause.url if len(cause.url or "") <= 300 else None,
+    )
 
 
 def _encode_params(params: Mapping[str, Any]) -> dict[str, str]:

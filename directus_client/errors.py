@@ -38,7 +38,12 @@ class DirectusError(Exception):
 
 
 class DirectusUnavailableError(DirectusError):
-    """Directus could not be reached, timed out, or answered 5xx/429 after the retries."""
+    """Directus could not be reached, timed out, or answered 5xx/429 after the retries.
+
+    `retry_after`: the seconds Directus asked to wait (its `Retry-After`), when it said so.
+    """
+
+    retry_after: float | None = None
 
 
 class DirectusTimeoutError(DirectusUnavailableError):
@@ -77,6 +82,10 @@ class RateLimitedError(DirectusUnavailableError):
     """429 REQUESTS_EXCEEDED after the retries."""
 
 
+class UriTooLongError(DirectusError):
+    """414/431: the URL (e.g. an id of several kilobytes) is too long for the server."""
+
+
 ERRORS_BY_CODE: dict[str, type[DirectusError]] = {
     "INVALID_CREDENTIALS": InvalidCredentialsError,
     "TOKEN_EXPIRED": InvalidCredentialsError,
@@ -95,5 +104,7 @@ ERRORS_BY_STATUS: dict[int, type[DirectusError]] = {
     401: InvalidCredentialsError,
     403: ForbiddenError,
     404: NotFoundError,
+    414: UriTooLongError,
     429: RateLimitedError,
+    431: UriTooLongError,
 }
