@@ -35,6 +35,7 @@ pytest: $(STAMP) directus postgres  ## the whole pytest suite (real Directus, SM
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest  ## everything CI runs: lint, types, all tests
+	node --test directus-extension/test/
 
 dev: $(STAMP) directus  ## run the local stack: Directus, SMTP sink, bridge (Ctrl-C stops it)
 	$(PY) -m devstack up

@@ -267,6 +267,9 @@ class Receiver:
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(answer.body)))
+                # No keep-alive: a client's pooled connection must not outlive stop().
+                self.send_header("Connection", "close")
+                self.close_connection = True
                 self.end_headers()
                 self.wfile.write(answer.body)
 

@@ -21,10 +21,11 @@ from bridge import create_app
 from bridge.config import Settings
 from bridge.directus_schema import apply_schema, create_demo_orders
 from devstack.directus import DirectusServer
+from devstack.net import free_port
 from devstack.postgres import PostgresCluster
 from devstack.smtp import SmtpSink
 from directus_client import DirectusClient
-from tests.helpers import FLOW_SECRET, make_settings
+from tests.helpers import FLOW_SECRET, SERVICE_TOKEN, make_settings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,14 +60,28 @@ def directus_extensions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def directus_bridge_port() -> int:
+    """The port the session Directus's `ridendine` extension forwards to (its BRIDGE_URL, with
+    BRIDGE_SERVICE_TOKEN = SERVICE_TOKEN): a test runs its bridge, or a receiver, there."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def directus(
-    tmp_path_factory: pytest.TempPathFactory, smtp_sink: SmtpSink, directus_extensions_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    smtp_sink: SmtpSink,
+    directus_extensions_dir: Path,
+    directus_bridge_port: int,
 ) -> Iterator[DirectusServer]:
     server = DirectusServer(
         data_dir=tmp_path_factory.mktemp("directus"),
         smtp_port=smtp_sink.port,
         extensions_dir=directus_extensions_dir,
-        extra_env={"REFUND_BRIDGE_FLOW_SECRET": FLOW_SECRET},
+        extra_env={
+            "REFUND_BRIDGE_FLOW_SECRET": FLOW_SECRET,
+            "BRIDGE_URL": f"http://127.0.0.1:{directus_bridge_port}",
+            "BRIDGE_SERVICE_TOKEN": SERVICE_TOKEN,
+        },
     )
     server.start()
     yield server
