@@ -157,8 +157,15 @@ def parse_request(payload: Any, settings: Settings) -> RefundRequest:
         request: RefundRequest = RefundRequestSchema(reasons=settings.refund_reasons).load(payload)
     except ValidationError as exc:
         errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise ValidationProblem(errors) from None
+        raise ValidationProblem(_string_keys(errors)) from None
     return request
+
+
+def _string_keys(errors: Any) -> Any:
+    """marshmallow keys nested errors by list index; JSON objects want string keys."""
+    if isinstance(errors, dict):
+        return {str(key): _string_keys(value) for key, value in errors.items()}
+    return errors
 
 
 def parse_order_id(value: str | None) -> str:
