@@ -23,9 +23,16 @@ from bridge.directus_schema import apply_schema, create_demo_orders
 from devstack.directus import DirectusServer
 from devstack.net import free_port
 from devstack.postgres import PostgresCluster
+from devstack.sandbox import SandboxProcess
 from devstack.smtp import SmtpSink
 from directus_client import DirectusClient
-from tests.helpers import FLOW_SECRET, SERVICE_TOKEN, make_settings
+from tests.helpers import (
+    FLOW_SECRET,
+    RIDENDINE_KEY,
+    SERVICE_TOKEN,
+    WEBHOOK_SECRET,
+    make_settings,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -103,6 +110,27 @@ def cooco_directus(directus: DirectusServer, directus_admin: DirectusClient) -> 
     create_demo_orders(directus_admin)
     apply_schema(directus_admin)
     return directus
+
+
+@pytest.fixture(scope="session")
+def ridendine_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    """The RideNDine sandbox (`refund-bridge sandbox`) in its own process, one per session,
+    with the tests' key and webhook secret; webhooks go nowhere until a test says where
+    (`.control.update_settings(bridge_webhook_url=...)` or a per-order `.control.set_rule`).
+    Tests that change its settings call `.control.reset()` when done."""
+    process = SandboxProcess(
+        api_key=RIDENDINE_KEY,
+        webhook_secret=WEBHOOK_SECRET,
+        delay_seconds=0.2,
+        extra_env={
+            "RIDENDINE_SANDBOX_RETRY_BASE_SECONDS": "0.2",
+            "RIDENDINE_SANDBOX_RETRY_MAX_SECONDS": "2",
+        },
+        log_path=tmp_path_factory.mktemp("ridendine-sandbox") / "sandbox.log",
+    )
+    process.start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,26 @@ def test_a_taken_port_stops_with_one_line(runner: CliRunner) -> None:
         holder.stop()
     assert result.exit_code == 1
     assert result.output.startswith(f"refund-bridge: cannot listen on 127.0.0.1:{holder.port}")
+
+
+def test_the_session_sandbox_accepts_the_bridges_key(ridendine_sandbox: SandboxProcess) -> None:
+    answer = requests.post(
+        f"{ridendine_sandbox.url}/refunds/create",
+        json={
+            "ridendine_order_id": "rdn-2",
+            "external_order_id": unique_id("ord"),
+            "amount_cents": 1,
+            "reason": "customer_cancel",
+            "requested_by": "customer",
+        },
+        headers={"Authorization": f"Bearer {RIDENDINE_KEY}", "Idempotency-Key": unique_id("k")},
+        timeout=5,
+    )
+    try:
+        assert answer.status_code == 201
+        (delivery,) = ridendine_sandbox.control.wait_for_deliveries(
+            1, state="not_sent", refund_id=answer.json()["refund_id"]
+        )
+        assert delivery["url"] is None
+    finally:
+        ridendine_sandbox.control.reset()
