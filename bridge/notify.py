@@ -230,12 +230,17 @@ def trigger_flow(services: Services, body: dict[str, Any]) -> None:
         raise outbox.RetryLater("BRIDGE_FLOW_SECRET is not set; the Flow would refuse the call")
     flow_id = refund_result_flow_id(services)
     try:
-        services.directus.trigger_flow(flow_id, body)
+        answer = services.directus.trigger_flow(flow_id, body)
     except (NotFoundError, ForbiddenError) as exc:
         services.extras.pop(f"flow_id:{REFUND_RESULT_FLOW}", None)
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
     except DirectusError as exc:
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
+    # The Flow answers 200 even when it refuses (wrong secret, bad body): {"ok": false, ...}.
+    answer = answer.get("data", answer) if isinstance(answer, dict) else answer
+    if isinstance(answer, dict) and answer.get("ok") in (False, "false"):
+        error = str(answer.get("error") or "no reason given")[:200]
+        raise outbox.RetryLater(f"the Flow refused the call: {error}")
 
 
 def _safe(exc: DirectusError) -> str:

@@ -24,7 +24,7 @@ from bridge.models import (
     utcnow,
 )
 from bridge.services import Services
-from tests.helpers import WEBHOOK_SECRET
+from tests.helpers import FLOW_SECRET, WEBHOOK_SECRET
 
 WEBHOOK_URL = "/ridendine/webhooks/refund-status"
 
@@ -171,71 +171,18 @@ def wait_for_jobs_done(services: Services, timeout: float = 30.0) -> None:
 
 # -- the "refund result" Flow ------------------------------------------------------------------
 
+_SYNCED: set[str] = set()
 
-def create_standin_result_flow(client: Any, secret: str) -> str:
-    """A webhook Flow with the agreed body interface: checks the secret, then one e-mail each
-    to the customer, the chef and the admins (refund_result), or one to the admins
-    (admin_alert). Used until flows/ provides the real one."""
-    flow = client.create_system(
-        "flows",
-        {
-            "name": f"test refund result {uuid.uuid4().hex[:6]}",
-            "status": "active",
-            "trigger": "webhook",
-            "accountability": "all",
-            "options": {"method": "POST", "async": False},
-        },
-    )
-    flow_id = flow["id"]
-    body = "$trigger.body"
 
-    def op(key: str, type_: str, options: dict[str, Any], **links: str | None) -> str:
-        created = client.create_system(
-            "operations",
-            {
-                "flow": flow_id,
-                "key": key,
-                "name": key,
-                "type": type_,
-                "position_x": 20,
-                "position_y": 1,
-                "options": options,
-                **{k: v for k, v in links.items() if v},
-            },
-        )
-        return str(created["id"])
+def sync_result_flow(client: Any) -> str:
+    """Provision the project's "refund result" Flow in the session's Directus (once, by
+    `flows sync`'s own function) and return its id."""
+    from flows import REFUND_RESULT
+    from flows.sync import FlowParams, find_flow_id, sync_flows
 
-    def mail(key: str, to: str, subject: str, resolve: str | None = None) -> str:
-        return op(
-            key,
-            "mail",
-            {
-                "to": f"{{{{{body}.{to}}}}}",
-                "subject": subject,
-                "body": "{{" + body + ".message}} Order {{" + body + ".order.id}}: refund of "
-                "{{" + body + ".amount_display}} is {{" + body + ".refund.status}}.",
-                "type": "markdown",
-            },
-            resolve=resolve,
-        )
-
-    subject = "Refund {{" + body + ".refund.status}} for order {{" + body + ".order.id}}"
-    admins = mail("mail_admins", "recipients.admins", "[admins] " + subject)
-    chef = mail("mail_chef", "recipients.chef", "[chef] " + subject, resolve=admins)
-    customer = mail("mail_customer", "recipients.customer", "[customer] " + subject, chef)
-    alert = mail("mail_alert", "recipients.admins", "[alert] {{" + body + ".subject}}")
-    kind = op(
-        "check_kind",
-        "condition",
-        {"filter": {"$trigger": {"body": {"kind": {"_eq": "refund_result"}}}}},
-        resolve=customer,
-        reject=alert,
-    )
-    check = op(
-        "check_secret",
-        "condition",
-        {"filter": {"$trigger": {"body": {"secret": {"_eq": secret}}}}},
-        resolve=kind,
-    )
-    client.update_system("flows", flow_id, {"operation": check})
-    return str(flow_id)
+    if client.base_url not in _SYNCED:
+        sync_flows(client, FlowParams(flow_secret=FLOW_SECRET), keys=[REFUND_RESULT])
+        _SYNCED.add(client.base_url)
+    flow_id = find_flow_id(client, REFUND_RESULT)
+    assert flow_id, "flows sync did not provision the refund result Flow"
+    return flow_id
