@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -187,24 +187,35 @@ class DirectusClient:
             headers["Authorization"] = f"Bearer {bearer}"
         encoded_params = _encode_params(params) if params else None
         try:
-            response = self.session.request(
-                method,
-                url,
-                params=encoded_params,
-                json=json_body,
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.Timeout as exc:
-            raise DirectusTimeoutError(
-                "Directus did not answer in time", method=method, url=url
-            ) from exc
+            response = self._send(method, url, encoded_params, json_body, headers)
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            if _timed_out(exc):
+                raise DirectusTimeoutError(
+                    "Directus did not answer in time", method=method, url=url
+                ) from exc
             raise DirectusUnavailableError(
                 f"Directus could not be reached: {type(exc).__name__}", method=method, url=url
             ) from exc
         return self._decode(response, method, url)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        headers: Mapping[str, str],
+    ) -> requests.Response:
+        """`Session.request`, except that the path is sent exactly as we encoded it: requests
+        would decode `%2E` back to `.`, turning an id `..` into a dot segment that a proxy in
+        front of Directus might resolve."""
+        prepared = self.session.prepare_request(
+            requests.Request(method, url, params=params, json=json_body, headers=headers)
+        )
+        query = urlsplit(prepared.url or "").query
+        prepared.url = f"{url}?{query}" if query else url
+        settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
+        return self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
 
     @staticmethod
     def _decode(response: requests.Response, method: str, url: str) -> Any:
@@ -617,6 +628,19 @@ class DirectusClient:
 
     def delete_system(self, endpoint: str, item_id: object) -> None:
         self.request("DELETE", f"/{_segment(endpoint)}/{_segment(item_id)}")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether the failure is a timeout. requests reports a read timeout that outlived the
+    retries as a ConnectionError around urllib3's MaxRetryError, so the reason is looked at."""
+    if isinstance(exc, requests.Timeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+        reason, urllib3.exceptions.NewConnectionError
+    )
 
 
 def _not_found(collection: str, item_id: object, cause: DirectusError) -> NotFoundError:
