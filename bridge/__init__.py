@@ -33,6 +33,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     services.init_app(app)
     app.register_blueprint(health_bp)
+    from bridge import metrics
+    from bridge.stats import bp as stats_bp
+
+    metrics.init_app(app)  # times every request; serves /metrics
+    app.register_blueprint(stats_bp)
     from bridge.refunds import bp as refunds_bp
 
     app.register_blueprint(refunds_bp)

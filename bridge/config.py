@@ -74,6 +74,11 @@ class Settings:
     # The Directus Flows (docs/directus.md).
     public_url: str = "http://127.0.0.1:8080"
     flow_service_token: str | None = None
+    # Observability (docs/observability.md).
+    metrics_token: str | None = None
+    worker_metrics_port: int = 0
+    worker_metrics_addr: str = "127.0.0.1"
+    report_order_date_field: str = "date_created"
 
     def as_flask_config(self) -> dict[str, Any]:
         return {"BRIDGE_SETTINGS": self}
@@ -244,6 +249,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_lease_seconds=_int(env, "BRIDGE_WORKER_LEASE_SECONDS", 30, minimum=5),
         public_url=_url(env, "BRIDGE_PUBLIC_URL", required=False) or "http://127.0.0.1:8080",
         flow_service_token=_flow_service_token(env, api_tokens),
+        metrics_token=env.get("BRIDGE_METRICS_TOKEN", "").strip() or None,
+        worker_metrics_port=_int(env, "BRIDGE_WORKER_METRICS_PORT", 0),
+        worker_metrics_addr=env.get("BRIDGE_WORKER_METRICS_ADDR", "").strip() or "127.0.0.1",
+        report_order_date_field=env.get("BRIDGE_REPORT_ORDER_DATE_FIELD", "").strip()
+        or "date_created",
     )
 
 

@@ -1,4 +1,13 @@
-"""Structured logs: one JSON object per line, with the request id where there is one."""
+"""Structured logs: one JSON object per line (docs/observability.md).
+
+Every line carries the request id when there is one (the caller's `X-Request-Id`, when it is a
+safe token, else a new one), and the refund and order ids once code names them with `bind()`
+(for the rest of the request) or `bound()` (for a block, e.g. one outbox job). The app writes
+its own access line per request (method, route, path, status, duration), instead of
+gunicorn's. A `RedactingFilter` on the handler removes the configured tokens and secrets, and
+anything shaped like a bearer token or a webhook secret, from every line: the last line of
+defence, since no code should log them in the first place.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +15,79 @@ import json
 import logging
 import re
 import sys
+import time
 import uuid
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, has_request_context, request
 
+if TYPE_CHECKING:
+    from bridge.config import Settings
+
 REQUEST_ID_HEADER = "X-Request-Id"
+ACCESS_LOGGER = "bridge.access"
+REDACTED = "[REDACTED]"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Attributes of every LogRecord; anything else given through `extra=` is ours to print.
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Ids that `bind()` and `bound()` add to every line of the request or block.
+_context: ContextVar[dict[str, Any] | None] = ContextVar("refund_bridge_log_context", default=None)
+# Shapes of secrets that must never be printed, whatever their value.
+_SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=:-]{8,}"), r"\1 " + REDACTED),
+    (
+        re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?basic)\s+[A-Za-z0-9+/=]+"),
+        r"\1 " + REDACTED,
+    ),
+    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_" + REDACTED),
+    (re.compile(r"\b[sr]k_(live|test)_[A-Za-z0-9]+"), REDACTED),
+)
+# Shorter configured values are not looked for: they would redact ordinary words.
+MIN_SECRET_CHARS = 8
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+# -- context: request id, refund id, order id -----------------------------------------------
+
+
+def bind(**fields: Any) -> None:
+    """Add fields (e.g. `refund_id=`, `order_id=`) to every later line of this request or
+    block; None values are ignored."""
+    current = dict(_context.get() or {})
+    current.update({key: value for key, value in fields.items() if value is not None})
+    _context.set(current)
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """`bind()` for the duration of a block (an outbox job, a command's step)."""
+    token = _context.set(dict(_context.get() or {}))
+    bind(**fields)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def context_fields() -> dict[str, Any]:
+    fields = dict(_context.get() or {})
+    if has_request_context():
+        request_id = getattr(g, "request_id", None)
+        if request_id:
+            fields.setdefault("request_id", request_id)
+    return fields
+
+
+# -- formatting and redaction ---------------------------------------------------------------
 
 
 class JsonFormatter(logging.Formatter):
+    converter = time.gmtime  # type: ignore[assignment]
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -25,47 +95,168 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if has_request_context() and "request_id" not in record.__dict__:
-            entry["request_id"] = getattr(g, "request_id", None)
+        for key, value in context_fields().items():
+            if key not in record.__dict__:
+                entry[key] = value
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_") and value is not None:
                 entry[key] = value
-        if record.exc_info:
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        elif record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str)
 
 
-JsonFormatter.converter = __import__("time").gmtime
+def secrets_of(settings: Settings) -> tuple[str, ...]:
+    """Every token, key and secret in the settings (what the redacting filter looks for)."""
+    found: list[str] = [
+        settings.directus_token,
+        settings.ridendine_api_key,
+        *settings.api_tokens,
+    ]
+    for secret in settings.webhook_secrets:
+        found.append(secret)
+        found.append(secret.removeprefix("whsec_"))
+    for optional in (
+        settings.webhook_bearer_token,
+        settings.flow_secret,
+        settings.stripe_api_key,
+        settings.metrics_token,
+        settings.flow_service_token,
+    ):
+        if optional:
+            found.append(optional)
+    password = _url_password(settings.database_url)
+    if password:
+        found.append(password)
+    return tuple(found)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Route every log line through one JSON handler on stderr (idempotent)."""
+def _url_password(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password
+    except Exception:  # noqa: BLE001 - a URL we cannot parse has no password for us
+        return None
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces known secrets and secret-shaped text in a record by `[REDACTED]`."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.set_secrets(secrets)
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        # Longest first, so that a secret containing another is removed whole.
+        unique = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
+        self._secrets = tuple(sorted(unique, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern, replacement in _SECRET_SHAPES:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {key: self._value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(item) for item in value]
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string still gets logged
+            message = str(record.msg)
+        record.msg, record.args = self.redact(message), None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                record.__dict__[key] = self._value(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+def make_handler(
+    stream: Any = None, secrets: Iterable[str] = (), level: int | str = logging.NOTSET
+) -> logging.Handler:
+    """A handler writing JSON lines to `stream` (default stderr), with the redacting filter."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter(secrets))
+    handler.setLevel(level)
+    return handler
+
+
+def configure_logging(level: str = "INFO", settings: Settings | None = None) -> None:
+    """Route every log line through one JSON handler on stderr (idempotent); with `settings`,
+    the redacting filter also looks for their tokens and secrets."""
+    secrets = secrets_of(settings) if settings is not None else ()
     root = logging.getLogger()
     for handler in root.handlers:
         if getattr(handler, "_refund_bridge", False):
+            for existing in handler.filters:
+                if isinstance(existing, RedactingFilter) and secrets:
+                    existing.set_secrets(secrets)
             break
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
+        handler = make_handler(secrets=secrets)
         handler._refund_bridge = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
 
 
+# -- per request ----------------------------------------------------------------------------
+
+
 def _assign_request_id() -> None:
+    _context.set(None)  # threads are reused between requests: start clean
+    g.log_started = time.perf_counter()
     given = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
-def _echo_request_id(response: Response) -> Response:
+def _finish(response: Response) -> Response:
     request_id = getattr(g, "request_id", None)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
+    started = getattr(g, "log_started", None)
+    if started is not None:
+        rule = request.url_rule
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            rule.rule if rule is not None else request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "route": rule.rule if rule is not None else None,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
     return response
 
 
 def init_app(app: Flask) -> None:
     if not app.testing:
-        configure_logging(app.config["BRIDGE_SETTINGS"].log_level)
+        configure_logging(app.config["BRIDGE_SETTINGS"].log_level, app.config["BRIDGE_SETTINGS"])
     app.before_request(_assign_request_id)
-    app.after_request(_echo_request_id)
+    app.after_request(_finish)

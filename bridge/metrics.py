@@ -1,0 +1,542 @@
+"""Prometheus metrics: `GET /metrics` (docs/observability.md lists every series).
+
+Two kinds of series:
+- events counted where they happen (HTTP requests, webhook outcomes, refunds created and
+  resolved, outbox job runs, calls to Directus/RideNDine/Stripe, reconciliation mismatches):
+  prometheus_client counters and histograms. Under gunicorn they are shared between the worker
+  processes through prometheus_client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set up
+  by `refund-bridge serve`: see `multiprocess_dir`).
+- states read from the store at scrape time (outbox depth and age, refunds by status and
+  reason, inbox events waiting, refunds needing review) by `StoreCollector`: right across
+  processes and instances because every process reads the same store.
+
+The event metrics are built on first use, never at import: prometheus_client picks its value
+class (in memory or in per-process files) from the environment, and `serve` sets that after
+the command modules were imported.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import requests
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bridge.errors import NotAuthenticated
+from bridge.models import (
+    InboxEvent,
+    InboxState,
+    OutboxJob,
+    OutboxState,
+    Refund,
+    RefundStatus,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from bridge.db import Store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "refund_bridge"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED_ROUTE = "unmatched"
+WEBHOOK_ENDPOINT = "webhooks.refund_status"
+# Seconds; HTTP answers are mostly milliseconds, outbound calls up to the read timeouts.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# Webhook answers by status: what the rejection was about (contract section 3).
+WEBHOOK_REJECTIONS: dict[int, str] = {
+    400: "validation",
+    401: "signature",
+    413: "too_large",
+    415: "media_type",
+}
+
+
+class _EventMetrics:
+    """The counters and histograms; one set per process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by route (the URL rule), method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.webhook_events = Counter(
+            f"{PREFIX}_webhook_events",
+            "Refund-status webhooks by outcome (accepted, duplicate, rejected, error) and reason",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.refunds_created = Counter(
+            f"{PREFIX}_refunds_created",
+            "Refunds recorded in the ledger, by source (cooco, ridendine) and reason",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.refunds_resolved = Counter(
+            f"{PREFIX}_refunds_resolved",
+            "Refunds that reached a result, by status (REFUNDED, FAILED) and reason",
+            ["status", "reason"],
+            registry=registry,
+        )
+        self.outbox_jobs = Counter(
+            f"{PREFIX}_outbox_job_runs",
+            "Outbox job attempts by kind and state afterwards (done, pending = retry, dead)",
+            ["kind", "state"],
+            registry=registry,
+        )
+        self.outbound_requests = Counter(
+            f"{PREFIX}_outbound_requests",
+            "Calls to Directus, RideNDine and Stripe by target, method and outcome "
+            "(2xx, 3xx, 4xx, 5xx, timeout, connection_error, error)",
+            ["target", "method", "outcome"],
+            registry=registry,
+        )
+        self.outbound_duration = Histogram(
+            f"{PREFIX}_outbound_request_duration_seconds",
+            "Time of a call to Directus, RideNDine or Stripe (retries included)",
+            ["target", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.reconciliation_mismatches = Counter(
+            f"{PREFIX}_reconciliation_mismatches",
+            "Mismatches found by reconciliation, by kind",
+            ["kind"],
+            registry=registry,
+        )
+
+
+_REGISTRY = CollectorRegistry(auto_describe=True)
+_events: _EventMetrics | None = None
+_events_lock = threading.Lock()
+
+
+def _metrics() -> _EventMetrics:
+    global _events
+    if _events is None:
+        with _events_lock:
+            if _events is None:
+                if os.environ.get(MULTIPROC_ENV) and not getattr(
+                    values.ValueClass, "_multiprocess", False
+                ):
+                    # prometheus_client chose in-memory values when it was imported, before
+                    # `serve` set the directory: choose again, before the first value exists.
+                    values.ValueClass = values.get_value_class()
+                disable_created_metrics()  # the `_created` series only double the output
+                _events = _EventMetrics(_REGISTRY)
+    return _events
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+# -- recording events -----------------------------------------------------------------------
+
+
+def observe_http(route: str, method: str, status: int, seconds: float) -> None:
+    events = _metrics()
+    events.http_requests.labels(route, method, str(status)).inc()
+    events.http_duration.labels(route, method).observe(seconds)
+
+
+def webhook_event(outcome: str, reason: str = "") -> None:
+    """One refund-status webhook: `accepted`, `duplicate`, `rejected` (with a reason) or
+    `error` (the bridge could not record it: 503)."""
+    _metrics().webhook_events.labels(outcome, reason).inc()
+
+
+def refund_created(source: str, reason: str) -> None:
+    _metrics().refunds_created.labels(source, reason).inc()
+
+
+def refund_resolved(status: str, reason: str) -> None:
+    _metrics().refunds_resolved.labels(status, reason).inc()
+
+
+def outbox_job_run(kind: str, state: str) -> None:
+    _metrics().outbox_jobs.labels(kind, state).inc()
+
+
+def reconciliation_mismatches(kinds: Iterable[str]) -> None:
+    counter = _metrics().reconciliation_mismatches
+    for kind in kinds:
+        counter.labels(kind).inc()
+
+
+def after_commit(session: Session | None, record: Callable[[], None]) -> None:
+    """Run `record` once the session's transaction commits (nothing on rollback), so that a
+    transaction retried after a conflict is not counted twice; at once without a session."""
+    if session is None:
+        record()
+        return
+    from sqlalchemy import event
+
+    def _committed(_session: Session) -> None:
+        _safely(record)
+
+    def _rolled_back(_session: Session) -> None:
+        if event.contains(session, "after_commit", _committed):
+            event.remove(session, "after_commit", _committed)
+
+    event.listen(session, "after_commit", _committed, once=True)
+    event.listen(session, "after_soft_rollback", _rolled_back, once=True)
+
+
+def _safely(record: Callable[[], None]) -> None:
+    # A metric must never break the work it counts.
+    try:
+        record()
+    except Exception:
+        log.warning("could not record a metric", exc_info=True)
+
+
+def count_refund_created(refund: Refund) -> None:
+    """Count a new ledger refund once its transaction commits."""
+    from sqlalchemy.orm import object_session
+
+    source, reason = str(refund.source or "cooco"), str(refund.reason)
+    after_commit(object_session(refund), lambda: refund_created(source, reason))
+
+
+def count_refund_resolved(refund: Refund, status: str) -> None:
+    """Count a refund reaching REFUNDED or FAILED once its transaction commits."""
+    from sqlalchemy.orm import object_session
+
+    reason = str(refund.reason)
+    after_commit(object_session(refund), lambda: refund_resolved(status, reason))
+
+
+# -- outbound calls (Directus, RideNDine, Stripe) -------------------------------------------
+
+
+def instrument_session(session: requests.Session, target: str) -> requests.Session:
+    """Time every request the session sends and count it by outcome.
+
+    Wraps `Session.send`, the one call every request of a session goes through (adapters'
+    retries happen inside it, so the time is what the caller waited). Idempotent.
+    """
+    if getattr(session, "_refund_bridge_target", None) is not None:
+        return session
+    send = session.send
+
+    def timed_send(prepared: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        method = str(prepared.method or "GET").upper()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response = send(prepared, **kwargs)
+            outcome = f"{response.status_code // 100}xx"
+            return response
+        except requests.Timeout:
+            outcome = "timeout"
+            raise
+        except requests.ConnectionError:
+            outcome = "connection_error"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+
+            def _record() -> None:
+                events = _metrics()
+                events.outbound_requests.labels(target, method, outcome).inc()
+                events.outbound_duration.labels(target, method).observe(seconds)
+
+            _safely(_record)
+
+    session.send = timed_send  # type: ignore[method-assign,assignment]
+    session._refund_bridge_target = target  # type: ignore[attr-defined]
+    return session
+
+
+def instrumented_session(target: str) -> requests.Session:
+    """A new requests session whose calls are measured (e.g. for stripe.RequestsClient)."""
+    return instrument_session(requests.Session(), target)
+
+
+# -- states read from the store at scrape time ----------------------------------------------
+
+
+class StoreCollector(Collector):
+    """Gauges computed from the store on every scrape: a handful of grouped counts on indexed
+    columns (done outbox jobs, the bulk of the table, are not counted)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(f"{PREFIX}_store_up", "1 when the store answered this scrape")
+        try:
+            with self.store.session() as session:
+                families = list(_store_families(session))
+        except Exception:
+            log.warning("metrics: the store did not answer", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+
+def _store_families(session: Session) -> Iterator[Metric]:
+    now = utcnow()
+    depth = GaugeMetricFamily(
+        f"{PREFIX}_outbox_jobs",
+        "Outbox jobs not done, by kind and state (pending, dead)",
+        labels=["kind", "state"],
+    )
+    rows = session.execute(
+        select(OutboxJob.kind, OutboxJob.state, func.count())
+        .where(OutboxJob.state.in_((OutboxState.PENDING, OutboxState.DEAD)))
+        .group_by(OutboxJob.kind, OutboxJob.state)
+    )
+    for kind, state, count in rows:
+        depth.add_metric([str(kind), str(state)], int(count))
+    yield depth
+
+    oldest_due = session.scalar(
+        select(func.min(OutboxJob.next_attempt_at)).where(
+            OutboxJob.state == OutboxState.PENDING, OutboxJob.next_attempt_at <= now
+        )
+    )
+    due_age = GaugeMetricFamily(
+        f"{PREFIX}_outbox_oldest_due_age_seconds",
+        "How long the longest-waiting due outbox job has been due (0 when none is due)",
+    )
+    due_age.add_metric([], _age(now, oldest_due))
+    yield due_age
+
+    oldest_pending = session.scalar(
+        select(func.min(OutboxJob.created_at)).where(OutboxJob.state == OutboxState.PENDING)
+    )
+    pending_age = GaugeMetricFamily(
+        f"{PREFIX}_outbox_oldest_pending_age_seconds",
+        "Age of the oldest outbox job not yet done, retries included (0 when none)",
+    )
+    pending_age.add_metric([], _age(now, oldest_pending))
+    yield pending_age
+
+    refunds = GaugeMetricFamily(
+        f"{PREFIX}_refunds",
+        "Refunds in the ledger by status and reason",
+        labels=["status", "reason"],
+    )
+    for status, reason, count in session.execute(
+        select(Refund.status, Refund.reason, func.count()).group_by(Refund.status, Refund.reason)
+    ):
+        refunds.add_metric([str(status), str(reason)], int(count))
+    yield refunds
+
+    review = GaugeMetricFamily(
+        f"{PREFIX}_refunds_needing_review", "Refunds flagged for a person (needs_review)"
+    )
+    review.add_metric(
+        [],
+        int(
+            session.scalar(
+                select(func.count()).select_from(Refund).where(Refund.needs_review.is_(True))
+            )
+            or 0
+        ),
+    )
+    yield review
+
+    oldest_refund = session.scalar(
+        select(func.min(Refund.created_at)).where(Refund.status == RefundStatus.PENDING)
+    )
+    pending_refund_age = GaugeMetricFamily(
+        f"{PREFIX}_refund_oldest_pending_age_seconds",
+        "Age of the oldest PENDING refund (0 when none)",
+    )
+    pending_refund_age.add_metric([], _age(now, oldest_refund))
+    yield pending_refund_age
+
+    inbox = GaugeMetricFamily(
+        f"{PREFIX}_inbox_events",
+        "Webhook events not applied, by state (received, unmatched, failed)",
+        labels=["state"],
+    )
+    waiting = (InboxState.RECEIVED, InboxState.UNMATCHED, InboxState.FAILED)
+    counts = dict.fromkeys((str(s) for s in waiting), 0)
+    for state, count in session.execute(
+        select(InboxEvent.state, func.count())
+        .where(InboxEvent.state.in_(waiting))
+        .group_by(InboxEvent.state)
+    ):
+        counts[str(state)] = int(count)
+    for state, count in counts.items():
+        inbox.add_metric([state], count)
+    yield inbox
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+
+
+# -- exposition -----------------------------------------------------------------------------
+
+
+class _EventsCollector(Collector):
+    """This process's event metrics, in a registry built for one scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        _metrics()
+        yield from _REGISTRY.collect()
+
+
+def scrape_registry(store: Store | None) -> CollectorRegistry:
+    """A registry for one scrape: the event metrics (every process's in multiprocess mode,
+    else this one's) and the store's gauges."""
+    registry = CollectorRegistry()
+    if multiprocess_enabled():
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_EventsCollector())
+    if store is not None:
+        registry.register(StoreCollector(store))
+    return registry
+
+
+def render(store: Store | None) -> bytes:
+    return generate_latest(scrape_registry(store))
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics_view() -> Response:
+    from bridge.db import get_store
+    from bridge.services import get_settings
+
+    expected = get_settings().metrics_token
+    if expected:
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8"), expected.encode("utf-8")
+        ):
+            raise NotAuthenticated("Send `Authorization: Bearer <BRIDGE_METRICS_TOKEN>`.")
+    return Response(render(get_store()), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+# -- HTTP instrumentation -------------------------------------------------------------------
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    started = getattr(g, "metrics_started", None)
+    if started is None:
+        return response
+    seconds = time.perf_counter() - started
+    rule = request.url_rule
+    route = rule.rule if rule is not None else UNMATCHED_ROUTE
+    status = response.status_code
+
+    def _record() -> None:
+        observe_http(route, request.method, status, seconds)
+        if request.endpoint == WEBHOOK_ENDPOINT:
+            _record_webhook(response)
+
+    _safely(_record)
+    return response
+
+
+def _record_webhook(response: Response) -> None:
+    status = response.status_code
+    if status == 200:
+        body = response.get_json(silent=True)
+        outcome = body.get("status") if isinstance(body, dict) else None
+        webhook_event("duplicate" if outcome == "duplicate" else "accepted")
+    elif status in WEBHOOK_REJECTIONS:
+        webhook_event("rejected", WEBHOOK_REJECTIONS[status])
+    elif status >= 500:
+        webhook_event("error", str(status))
+    else:
+        webhook_event("rejected", str(status))
+
+
+def init_app(app: Flask) -> None:
+    """Time every request and count it by route and status; serve `/metrics`."""
+    app.before_request(_start_timer)
+    app.after_request(_observe)
+    app.register_blueprint(bp)
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@contextmanager
+def multiprocess_dir() -> Iterator[str]:
+    """The directory gunicorn's workers share their metrics through (`serve`).
+
+    An operator's `PROMETHEUS_MULTIPROC_DIR` is used as given (they empty it before starting);
+    otherwise a new temporary directory is made, handed to the workers through the environment
+    (they are forked after this), and removed when the server stops.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        yield given
+        return
+    path = tempfile.mkdtemp(prefix="refund-bridge-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    """gunicorn's `child_exit` hook: drop a dead worker's live gauges (counters stay)."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)
+
+
+def start_exporter(port: int, addr: str, store: Store | None) -> Any:
+    """Serve this process's metrics (and the store's) on addr:port: for the worker process,
+    whose outbox runs gunicorn's /metrics does not see. Returns the server."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=addr, registry=scrape_registry(store))
+    return server
