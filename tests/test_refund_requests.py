@@ -831,3 +831,36 @@ def test_list_is_newest_first_and_get_has_history(
         "order_id": "none-yet",
         "refunds": [],
     }
+
+
+def test_a_token_nobody_knows_is_401(api: FlaskClient, ridendine: responses.RequestsMock) -> None:
+    response = api.post(
+        "/ridendine/refunds",
+        json=admin_refund("any-order"),
+        headers={"Authorization": "Bearer not-a-service-or-directus-token"},
+    )
+    assert_problem(response, 401, "not_authenticated")
+    assert ridendine_calls(ridendine) == []
+
+
+def test_no_token_or_key_is_logged(
+    api: FlaskClient,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+    customer: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    order = make_order(directus_admin, customer=customer["id"])
+    ridendine.add(responses.POST, CREATE_URL, status=503)
+
+    with caplog.at_level("DEBUG"):
+        api.post(
+            "/ridendine/refunds",
+            json={"order_id": order["id"], "reason": "customer_cancel"},
+            headers=as_user(customer),
+        )
+        post(api, admin_refund(order["id"]))
+
+    assert "RideNDine gave no definite answer" in caplog.text  # the logs were captured
+    for secret in (customer["token"], SERVICE_TOKEN, RIDENDINE_KEY, directus_admin._token or ""):
+        assert secret not in caplog.text

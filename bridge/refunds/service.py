@@ -391,7 +391,7 @@ def _answer_for_refund(
         except DirectusError as exc:
             log.warning("inline projection failed, left to the outbox: %s", exc)
     body = ledger.refund_to_dict(refund)
-    if refund.status == RefundStatus.FAILED:
+    if _rejected_by_ridendine(refund):
         problem = RideNDineRejected(
             f"RideNDine rejected the refund: {refund.failure_reason or 'no reason given'}",
             refund=body,
@@ -399,6 +399,14 @@ def _answer_for_refund(
         return Answer(status=problem.status, body=problem.to_dict(), problem=problem)
     return Answer(
         status=202, body={"refund": body}, headers={"Location": f"/ridendine/refunds/{refund.id}"}
+    )
+
+
+def _rejected_by_ridendine(refund: Refund) -> bool:
+    """FAILED by RideNDine's definite no (not by retries running out, which stays a 202)."""
+    return refund.status == RefundStatus.FAILED and any(
+        change.to_status == RefundStatus.FAILED and change.source == ledger.SOURCE_RIDENDINE_API
+        for change in refund.history
     )
 
 
