@@ -126,13 +126,14 @@ def stripe_refund_id(*candidates: str | None) -> str | None:
 
 
 def _from_stripe(obj: Any) -> StripeRefund:
+    data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
     return StripeRefund(
-        id=str(obj.get("id")),
-        status=str(obj.get("status") or ""),
-        amount_cents=int(obj.get("amount") or 0),
-        currency=str(obj.get("currency") or "").upper(),
-        failure_reason=obj.get("failure_reason"),
-        created=obj.get("created"),
+        id=str(data.get("id")),
+        status=str(data.get("status") or ""),
+        amount_cents=int(data.get("amount") or 0),
+        currency=str(data.get("currency") or "").upper(),
+        failure_reason=data.get("failure_reason"),
+        created=data.get("created"),
     )
 
 
