@@ -189,3 +189,35 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+# -- the Directus side: an empty second Directus, and the project's Flows ------------------
+
+
+@pytest.fixture(scope="session")
+def spare_directus(
+    tmp_path_factory: pytest.TempPathFactory, smtp_sink: SmtpSink
+) -> Iterator[DirectusServer]:
+    """A second Directus, started on first use, with nothing of COOCO's nor of the bridge in
+    it (no orders, no refunds): Directus as COOCO has it before setting the bridge up. Its
+    Flows may call servers on 127.0.0.1 (Directus refuses loopback by default)."""
+    server = DirectusServer(
+        data_dir=tmp_path_factory.mktemp("spare-directus"),
+        smtp_port=smtp_sink.port,
+        extra_env={"IMPORT_IP_DENY_LIST": "169.254.169.254"},
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def refund_flows(cooco_directus: DirectusServer, directus_admin: DirectusClient) -> dict[str, str]:
+    """The project's Flows synced into the session Directus with the test settings (flow
+    secret FLOW_SECRET, service token SERVICE_TOKEN): {flow key: flow id}."""
+    from bridge.directus_commands import flow_params
+    from flows.sync import sync_flows
+
+    settings = make_settings(cooco_directus.url, cooco_directus.admin_token)
+    results = sync_flows(directus_admin, flow_params(settings))
+    return {result.key: str(result.flow_id) for result in results}
