@@ -21,7 +21,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILURE = 1
 # Modules that add their commands to `main` (each feature keeps its commands beside its code).
 COMMAND_MODULES: tuple[str, ...] = (
+    "bridge.directus_commands",
     "bridge.inbox_commands",
+    "bridge.report_commands",
     "bridge.sandbox_command",
     "bridge.worker_commands",
 )
