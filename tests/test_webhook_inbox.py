@@ -3,6 +3,7 @@ nowhere, which also proves the webhook's answer never waits for it)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from bridge.webhooks import inbox
 from bridge.webhooks.schemas import parse_event
 from tests.helpers import make_settings, unique_id
 from tests.webhook_helpers import (
+    WEBHOOK_URL,
     drain_inbox,
     event_body,
     jobs,
@@ -26,6 +28,7 @@ from tests.webhook_helpers import (
     make_pending_refund,
     new_ridendine_id,
     post_event,
+    sign,
 )
 
 
@@ -223,3 +226,38 @@ def test_processing_that_keeps_failing_ends_failed_and_alerts(
     assert "the ledger is broken" in (event.last_error or "")
     [alert] = jobs(services, "alert_admins")
     assert "inbox replay" in alert.payload["message"]
+
+
+def test_concurrent_duplicates_on_postgresql_are_recorded_once(postgres_url: str) -> None:
+    app = create_app(
+        {
+            "BRIDGE_SETTINGS": make_settings("http://127.0.0.1:9", "unused"),
+            "DATABASE_URL": postgres_url,
+            "AUTO_MIGRATE": True,
+        }
+    )
+    services: Services = app.extensions["bridge.services"]
+    order = an_order()
+    ridendine_id = new_ridendine_id()
+    refund_id = make_pending_refund(services, order, ridendine_refund_id=ridendine_id)
+    body = event_body(ridendine_id, order["id"], 5000)
+    answers: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def deliver(index: int) -> None:
+        # Half re-send the same delivery, half are new deliveries of the same result.
+        headers = sign(body, webhook_id="msg_pg_same" if index % 2 else f"msg_pg_{index}")
+        barrier.wait(timeout=10)
+        response = app.test_client().post(WEBHOOK_URL, data=body, headers=headers)
+        answers.append(f"{response.status_code} {response.get_json()['status']}")
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(answers) == ["200 accepted"] + ["200 duplicate"] * 9
+    refund = load_refund(services, refund_id)
+    assert [change.to_status for change in refund.history] == ["PENDING", "REFUNDED"]
+    assert len(jobs(services, "notify_result")) == 1
+    services.store.dispose()
