@@ -150,4 +150,8 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    # `python -m bridge.cli`: feature modules register on the imported `bridge.cli.main`,
+    # not on this `__main__` copy, so run that one.
+    from bridge.cli import run as run_registered
+
+    run_registered()
