@@ -3,8 +3,8 @@ month end.
 
 The ledger is the source of truth. Compared with it:
 - Directus's `refunds` items (the projection): an item missing, an item whose fields differ
-  (status, amounts, currency, reason, review flag, RideNDine id, order), an item with no refund
-  in the ledger;
+  (status, amounts, currency, reason, review flag, RideNDine id, order), an item on one of the
+  orders checked that the ledger does not know;
 - the two order fields the bridge owns (`payment_status`, `status`), as bridge/order_status.py
   would set them from the order's REFUNDED refunds; an order Directus does not have;
 - Stripe (when `BRIDGE_STRIPE_API_KEY` is set), for refunds whose RideNDine id is a Stripe id:
@@ -15,8 +15,10 @@ say, and the suggested fix. `fix` re-projects the ledger into Directus: refund i
 rewritten) and the order fields the bridge owns. Stripe disagreeing, and items or orders the
 ledger does not know, need a person and are only reported.
 
-Reads are batched: refund items and orders by id, 100 per request (`limit=-1`), Stripe's refunds
-listed 100 per page, so a month of refunds takes a handful of requests, not one per refund.
+Scope: every refund of the ledger, or (`since`) those created or changed since a date, and
+their orders. Reads are batched: refund items by order and orders by id, 100 ids per request
+(`limit=-1`), Stripe's refunds listed 100 per page (created since the oldest refund checked),
+so a month of refunds takes a handful of requests, not one per refund.
 """
 
 from __future__ import annotations
@@ -179,29 +181,24 @@ def load_ledger(services: Services, since: datetime | None) -> tuple[list[Refund
 
 
 def load_refund_items(
-    services: Services, refund_ids: Sequence[str], since: datetime | None
+    services: Services, refund_ids: Sequence[str], order_ids: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """Directus's refund items: those of the ledger's refunds, and any other in scope."""
+    """Directus's refund items of the orders checked, and those of the ledger's refunds."""
     client = services.directus
     fields = ["id", *COMPARED_FIELDS]
     items: dict[str, dict[str, Any]] = {}
-    if since is None:
-        for item in client.query_items(REFUNDS_COLLECTION, fields=fields, limit=-1):
+    for chunk in _chunks(order_ids):
+        for item in client.query_items(
+            REFUNDS_COLLECTION, filter={"order_id": {"_in": chunk}}, fields=fields, limit=-1
+        ):
             items[str(item["id"])] = item
-        return items
-    for chunk in _chunks(refund_ids):
+    # An item moved to another order by hand is still found, by its id.
+    elsewhere = [refund_id for refund_id in refund_ids if refund_id not in items]
+    for chunk in _chunks(elsewhere):
         for item in client.query_items(
             REFUNDS_COLLECTION, filter={"id": {"_in": chunk}}, fields=fields, limit=-1
         ):
             items[str(item["id"])] = item
-    recent = {
-        "_or": [
-            {"created_at": {"_gte": since.isoformat()}},
-            {"created_at": {"_null": True}},
-        ]
-    }
-    for item in client.query_items(REFUNDS_COLLECTION, filter=recent, fields=fields, limit=-1):
-        items[str(item["id"])] = item
     return items
 
 
@@ -249,8 +246,8 @@ def compare(services: Services, *, since: datetime | None = None) -> Report:
     report = Report(since=since)
     in_scope, of_orders = load_ledger(services, since)
     report.refunds_checked = len(in_scope)
-    items = load_refund_items(services, [r.id for r in in_scope], since)
     order_ids = sorted({r.order_id for r in in_scope})
+    items = load_refund_items(services, [r.id for r in in_scope], order_ids)
     orders = load_orders(services, order_ids)
     report.orders_checked = len(order_ids)
     stripe_refunds = load_stripe_refunds(services, in_scope)
@@ -260,7 +257,7 @@ def compare(services: Services, *, since: datetime | None = None) -> Report:
     for refund in in_scope:
         _compare_item(report, refund, items.get(refund.id))
     for item_id, item in sorted(items.items()):
-        if item_id not in ledger_ids and not _known(services, item_id):
+        if item_id not in ledger_ids:
             report.mismatches.append(
                 Mismatch(
                     kind=REFUND_ITEM_UNKNOWN,
@@ -282,11 +279,6 @@ def compare(services: Services, *, since: datetime | None = None) -> Report:
         if sid is not None and sid in stripe_refunds:
             _compare_stripe(services, report, refund, sid, stripe_refunds[sid])
     return report
-
-
-def _known(services: Services, refund_id: str) -> bool:
-    with services.store.session() as session:
-        return session.get(Refund, refund_id) is not None
 
 
 def _compare_item(report: Report, refund: Refund, item: dict[str, Any] | None) -> None:
