@@ -62,15 +62,18 @@ def schema_apply(dry_run: bool, with_demo_orders: bool) -> None:
     refunds on the order's page (idempotent; COOCO's own fields are never touched)."""
     settings = settings_from_env()
     client = make_directus(settings)
+    orders = settings.order_fields.collection
     try:
         if with_demo_orders:
             if dry_run:
-                if client.get_collection(settings.order_fields.collection) is None:
-                    click.echo(f"would: create demo collection {settings.order_fields.collection}")
+                if client.get_collection(orders) is None:
+                    click.echo(f"would: create demo collection {orders}")
             elif create_demo_orders(client, settings.order_fields):
-                click.echo(f"created demo collection {settings.order_fields.collection}")
+                click.echo(f"created demo collection {orders}")
         try:
-            plan = apply_schema(client, settings.order_fields, dry_run=dry_run)
+            plan = apply_schema(
+                client, settings.order_fields, dry_run=dry_run, demo_orders_planned=with_demo_orders
+            )
         except SchemaError as exc:
             raise CommandFailed(f"schema: {exc}") from None
     finally:

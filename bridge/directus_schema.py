@@ -200,25 +200,29 @@ def apply_schema(
     *,
     dry_run: bool = False,
     refunds_collection: str = REFUNDS,
+    demo_orders_planned: bool = False,
 ) -> SchemaPlan:
     """Bring Directus to the schema the bridge needs: create what is missing, set the
     settings of our own fields that differ, never touch a field we do not define.
 
     Idempotent: a second run has nothing to do. With `dry_run`, only reads: the plan says
     what a real run would change. `refunds_collection` exists for tests (the contract's name
-    is `refunds`).
+    is `refunds`). `demo_orders_planned`: a dry run before `create_demo_orders`, planning for
+    the demo orders collection (string primary key) when it does not exist yet.
     """
     orders = (order_fields or OrderFields()).collection
     refunds = refunds_collection
     plan = SchemaPlan()
-    if client.get_collection(orders) is None:
+    if client.get_collection(orders) is not None:
+        order_field_list = client.list_fields(orders)
+        pk_type = str(_order_pk(order_field_list, orders).get("type") or "string")
+    elif dry_run and demo_orders_planned:
+        order_field_list, pk_type = [], "string"
+    else:
         raise SchemaError(
             f"the {orders!r} collection does not exist in Directus "
             "(BRIDGE_ORDERS_COLLECTION names COOCO's orders collection)"
         )
-    order_field_list = client.list_fields(orders)
-    pk = _order_pk(order_field_list, orders)
-    pk_type = str(pk.get("type") or "string")
 
     refunds_item = client.get_collection(refunds)
     refunds_exists = refunds_item is not None
