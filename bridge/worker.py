@@ -13,7 +13,9 @@ An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a 
   (bridge/housekeeping.py).
 
 Only the job kinds whose handler modules are loaded are claimed: a job of a kind this build does
-not know stays pending instead of being declared dead.
+not know stays pending instead of being declared dead. A job that runs out of retries is never
+dead silently: its kind's `on_dead` handler runs, or else `dead_fallback` flags its refund for
+review (admins alerted) or, without a refund, alerts the admins.
 
 SIGTERM or SIGINT: no new job is started, the job in hand is finished, the jobs claimed but not
 started are handed back, and the process exits with 0.
@@ -43,8 +45,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import db as store_db
-from bridge import outbox
+from bridge import ledger, outbox
+from bridge.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.config import Settings
+from bridge.models import OutboxJob, Refund
 from bridge.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ HANDLER_MODULES: tuple[str, ...] = (
     "bridge.results",
     "bridge.order_status",
     "bridge.notify",
-    "bridge.webhooks.processing",
+    "bridge.webhooks.inbox",
     "bridge.stripe_check",
 )
 
@@ -175,6 +179,41 @@ def sqlite_path(store: store_db.Store) -> str | None:
     return os.path.abspath(url.database)
 
 
+# -- dead jobs: never silent ------------------------------------------------------------------
+
+# Alerts are how admins hear of dead jobs; a dead alert can only be logged (the outbox does).
+NO_FALLBACK_KINDS = frozenset({JOB_ALERT_ADMINS})
+
+
+def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:
+    """Give each kind without its own `on_dead` handler the fallback; return those kinds."""
+    added = []
+    for kind in kinds:
+        if kind not in outbox.DEAD_HANDLERS and kind not in NO_FALLBACK_KINDS:
+            outbox.DEAD_HANDLERS[kind] = dead_fallback
+            added.append(kind)
+    return added
+
+
+def dead_fallback(services: Services, job: OutboxJob) -> None:
+    """A job of a kind with no `on_dead` of its own ran out of retries: its refund is flagged
+    for review (admins alerted, the flag projected), or without a refund the admins are told."""
+    from bridge.notify import flag_for_review
+
+    reason = f"background job {job.kind} gave up after {job.attempts} attempt(s): {job.last_error}"
+    with services.store.session() as session:
+        refund = session.get(Refund, job.refund_id) if job.refund_id else None
+        if refund is not None:
+            flag_for_review(session, refund, reason[:500], source=ledger.SOURCE_WORKER)
+            return
+        enqueue_admin_alert(
+            session,
+            dedupe_key=f"dead-job:{job.id}",
+            subject=f"refund-bridge: background job {job.kind} gave up",
+            message=f"Outbox job {job.id} ({job.kind}, key {job.dedupe_key}): {reason}.",
+        )
+
+
 # -- the worker ---------------------------------------------------------------------------------
 
 
@@ -207,6 +246,7 @@ class Worker:
         # Unique per process start: a restarted worker never mistakes old leases for its own.
         self.owner = f"{outbox.worker_id()}:{secrets.token_hex(3)}"
         self.kinds = tuple(sorted(outbox.HANDLERS))
+        install_dead_fallback(self.kinds)
         self.stopping = threading.Event()
         self._draining = threading.Lock()
         self._pause_until = 0.0

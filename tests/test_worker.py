@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from bridge import db, outbox
+from bridge import db, ledger, outbox
 from bridge.cli import load_commands
 from bridge.config import Settings
-from bridge.models import OutboxJob, OutboxState, utcnow
+from bridge.models import OutboxJob, OutboxState, Refund, RefundStatus, utcnow
 from bridge.services import Services
 from bridge.worker import (
     HANDLER_MODULES,
@@ -50,6 +50,11 @@ def _asks_to_stop(services: Services, job: OutboxJob) -> None:
     CURRENT["worker"].stop()
 
 
+@outbox.handler("wtest_never")
+def _never(services: Services, job: OutboxJob) -> None:
+    raise outbox.RetryLater("the partner is down")
+
+
 @pytest.fixture
 def services(database_url: str) -> Iterator[Services]:
     store = db.Store(database_url)
@@ -57,7 +62,7 @@ def services(database_url: str) -> Iterator[Services]:
     services = Services(
         settings=make_settings("http://127.0.0.1:9", "unused"),
         store=store,
-        directus=DirectusClient("http://127.0.0.1:9", "unused"),
+        directus=DirectusClient("http://127.0.0.1:9", "unused", retries=0),
     )
     RAN.clear()
     yield services
@@ -120,6 +125,57 @@ def test_a_live_worker_keeps_its_leases_and_a_dead_ones_run_out(services: Servic
     with services.store.session() as session:
         session.execute(update(OutboxJob).values(locked_until=utcnow() - timedelta(seconds=1)))
     assert outbox.claim(services, owner="another-worker") == [job_id]
+
+
+def exhaust(services: Services, worker: Worker) -> None:
+    for _ in range(outbox.MAX_ATTEMPTS + 1):
+        with services.store.session() as session:
+            session.execute(update(OutboxJob).values(next_attempt_at=utcnow()))
+        worker.drain_due()
+
+
+def test_a_dead_job_without_its_own_handler_flags_its_refund(services: Services) -> None:
+    with services.store.session() as session:
+        refund = Refund(
+            order_id="ord-dead",
+            amount_cents=500,
+            currency="EUR",
+            reason="chef_rejected",
+            requested_by="admin",
+            status=RefundStatus.PENDING,
+        )
+        session.add(refund)
+        ledger.record_created(refund)
+        refund_id = refund.id
+    job_id = enqueue(services, "wtest_never", "never", refund_id=refund_id)
+    exhaust(services, Worker(services, WorkerOptions()))
+    assert job(services, job_id).state == OutboxState.DEAD
+    with services.store.session() as session:
+        flagged = session.get(Refund, refund_id)
+        assert flagged is not None and flagged.needs_review
+        assert "background job wtest_never gave up after" in (flagged.review_reason or "")
+        alerts = session.scalars(select(OutboxJob).where(OutboxJob.kind == "alert_admins")).all()
+        assert [a.refund_id for a in alerts] == [refund_id]
+
+
+def test_a_dead_job_without_a_refund_alerts_the_admins_and_a_dead_alert_stops(
+    services: Services,
+) -> None:
+    job_id = enqueue(services, "wtest_never", "no-refund")
+    worker = Worker(services, WorkerOptions())
+    exhaust(services, worker)
+    assert job(services, job_id).state == OutboxState.DEAD
+    with services.store.session() as session:
+        (alert,) = session.scalars(select(OutboxJob).where(OutboxJob.kind == "alert_admins"))
+        assert alert.dedupe_key == f"alert:dead-job:{job_id}"
+    # No Flow to send it through (Directus leads nowhere): the alert dies too, and that is the
+    # end of it (logged), not an alert about the alert.
+    exhaust(services, worker)
+    with services.store.session() as session:
+        kinds = [j.kind for j in session.scalars(select(OutboxJob).order_by(OutboxJob.id))]
+        states = [j.state for j in session.scalars(select(OutboxJob).order_by(OutboxJob.id))]
+    assert kinds == ["wtest_never", "alert_admins"]
+    assert states == [OutboxState.DEAD, OutboxState.DEAD]
 
 
 def test_a_store_that_does_not_answer_pauses_polling(
