@@ -327,17 +327,17 @@ def _sync_panels(
     wanted_keys = {panel.key for panel in dashboard.panels}
     for panel in dashboard.panels:
         values = panel.values()
-        item = current.get(panel.key)
-        if item is None:
+        found = current.get(panel.key)
+        if found is None:
             result.changes.append(f"create panel {panel.key}")
             if not dry_run:
                 client.create_system("panels", {"dashboard": dashboard_id, **values})
             continue
-        differing = _differs(item, values)
+        differing = _differs(found, values)
         if differing:
             result.changes.append(f"update panel {panel.key} ({', '.join(differing)})")
             if not dry_run:
-                client.update_system("panels", item["id"], values)
+                client.update_system("panels", found["id"], values)
     stale = [item for key, item in current.items() if key not in wanted_keys] + extra
     for item in stale:
         result.changes.append(f"delete panel {marker_key(item.get('note'))} ({item['id']})")

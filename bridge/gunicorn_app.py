@@ -23,9 +23,25 @@ class BridgeServer(BaseApplication):
         return app
 
 
+def _child_exit(_server: Any, worker: Any) -> None:
+    from bridge import metrics
+
+    metrics.mark_process_dead(worker.pid)
+
+
 def run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
+    from bridge import metrics
+
+    # The workers share their metrics through files in this directory (bridge/metrics.py):
+    # made before they are forked, removed when the server stops.
+    with metrics.multiprocess_dir():
+        _run(bind=bind, workers=workers, threads=threads, log_level=log_level)
+
+
+def _run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
     BridgeServer(
         {
+            "child_exit": _child_exit,
             "bind": bind,
             "workers": workers,
             "threads": threads,

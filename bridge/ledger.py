@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from bridge import metrics
 from bridge.models import Refund, RefundStatus, RefundStatusChange, utcnow
 
 # What each status may move to.
@@ -40,6 +41,7 @@ def record_created(
     refund.history.append(
         RefundStatusChange(from_status=None, to_status=refund.status, source=source, detail=detail)
     )
+    metrics.count_refund_created(refund)
 
 
 def transition(refund: Refund, new_status: str, *, source: str, detail: str | None = None) -> bool:
@@ -57,6 +59,7 @@ def transition(refund: Refund, new_status: str, *, source: str, detail: str | No
     refund.updated_at = utcnow()
     if new_status in (RefundStatus.REFUNDED, RefundStatus.FAILED):
         refund.resolved_at = refund.updated_at
+        metrics.count_refund_resolved(refund, new_status)
     if current == RefundStatus.FAILED and new_status == RefundStatus.REFUNDED:
         flag_review(refund, "refunded after it had failed", source=source)
     return True

@@ -17,6 +17,7 @@ the command modules were imported.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 from flask import Blueprint, Flask, Response, g, request
@@ -168,31 +169,52 @@ def multiprocess_enabled() -> bool:
 
 # -- recording events -----------------------------------------------------------------------
 
+F = TypeVar("F", bound=Callable[..., None])
 
+
+def _never_raises(func: F) -> F:
+    """A metric must never break the work it counts: failures are logged, not raised."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except Exception:
+            log.warning("could not record a metric", exc_info=True)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_never_raises
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
     events = _metrics()
     events.http_requests.labels(route, method, str(status)).inc()
     events.http_duration.labels(route, method).observe(seconds)
 
 
+@_never_raises
 def webhook_event(outcome: str, reason: str = "") -> None:
     """One refund-status webhook: `accepted`, `duplicate`, `rejected` (with a reason) or
     `error` (the bridge could not record it: 503)."""
     _metrics().webhook_events.labels(outcome, reason).inc()
 
 
+@_never_raises
 def refund_created(source: str, reason: str) -> None:
     _metrics().refunds_created.labels(source, reason).inc()
 
 
+@_never_raises
 def refund_resolved(status: str, reason: str) -> None:
     _metrics().refunds_resolved.labels(status, reason).inc()
 
 
+@_never_raises
 def outbox_job_run(kind: str, state: str) -> None:
     _metrics().outbox_jobs.labels(kind, state).inc()
 
 
+@_never_raises
 def reconciliation_mismatches(kinds: Iterable[str]) -> None:
     counter = _metrics().reconciliation_mismatches
     for kind in kinds:

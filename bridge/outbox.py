@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from bridge import logs, metrics
 from bridge.models import OutboxJob, OutboxState, utcnow
 
 if TYPE_CHECKING:
@@ -205,7 +206,9 @@ def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str
     try:
         if func is None:
             raise GiveUp(f"no handler for job kind {job.kind!r}")
-        func(services, job)
+        # Every log line of the job names it and its refund.
+        with logs.bound(refund_id=job.refund_id, job_id=job.id, job_kind=job.kind):
+            func(services, job)
     except RetryLater as exc:
         error, delay = str(exc) or "retry later", exc.delay
     except GiveUp as exc:
@@ -261,6 +264,7 @@ def _finish(
             # The lease ran out and another worker took the job; its outcome will be recorded.
             return "lost_lease"
     state = str(values["state"])
+    metrics.outbox_job_run(job.kind, state)
     if state == OutboxState.DEAD:
         log.error(
             "outbox job is dead after %d attempt(s): %s",

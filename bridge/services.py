@@ -20,11 +20,15 @@ if TYPE_CHECKING:
 
 
 def make_directus(settings: Settings) -> DirectusClient:
-    return DirectusClient(
+    from bridge.metrics import instrument_session
+
+    client = DirectusClient(
         settings.directus_url,
         settings.directus_token,
         read_timeout=settings.directus_timeout_seconds,
     )
+    instrument_session(client.session, "directus")  # latency and errors in /metrics
+    return client
 
 
 @dataclass
@@ -46,6 +50,9 @@ class Services:
                 self.settings.ridendine_api_key,
                 read_timeout=self.settings.ridendine_timeout_seconds,
             )
+            from bridge.metrics import instrument_session
+
+            instrument_session(client.session, "ridendine")  # latency and errors in /metrics
             self.extras["ridendine"] = client
         return client
 

@@ -8,11 +8,13 @@ Which Stripe refund: RideNDine's `refund_id` (recorded from the answer to the su
 from the webhook) when it is a Stripe refund id, `re_...`. Nothing else is guessed.
 
 Two uses:
-- A REFUNDED webhook, before it is applied (`verify_refunded`): only a Stripe refund that has
-  `succeeded`, for the amount the result reports, lets a REFUNDED result mark an order
-  refunded. Stripe saying `failed`/`canceled`, another amount, no such refund, or no Stripe id
-  at all: the result is not applied and the refund is flagged for review (admins alerted).
-  Stripe saying `pending`/`requires_action`: not applied yet; the stale check settles it.
+- A REFUNDED webhook, before it is applied: the inbox calls `hold_refunded`, which queues a
+  `verify_refunded` job instead (Stripe is never asked inside a transaction or while RideNDine
+  waits for its 200). Only a Stripe refund that has `succeeded`, for the amount the result
+  reports, lets the job apply the result. Stripe saying `failed`/`canceled`, another amount, no
+  such refund, or no Stripe id at all: the result is not applied, the event is `failed` and the
+  refund is flagged for review (admins alerted). Stripe `pending`/`requires_action`, or Stripe
+  unreachable: the job retries with the outbox's backoff.
 - A refund PENDING for longer than `BRIDGE_PENDING_STALE_SECONDS` (the webhook never came): the
   worker queues a `check_pending_refund` job (at most one per refund per stale period). With a
   Stripe id: `succeeded` with the same amount is applied like a REFUNDED webhook, `failed` or
@@ -33,6 +35,7 @@ import stripe
 from sqlalchemy import select
 
 from bridge import ledger, outbox, results
+from bridge.metrics import instrumented_session
 from bridge.models import InboxEvent, InboxState, OutboxJob, Refund, RefundStatus, utcnow
 from bridge.notify import flag_for_review
 
@@ -102,7 +105,9 @@ def make_client(settings: Settings) -> stripe.StripeClient | None:
         settings.stripe_api_key,
         base_addresses=base,  # type: ignore[arg-type]
         max_network_retries=STRIPE_NETWORK_RETRIES,
-        http_client=stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
+        http_client=stripe.RequestsClient(
+            timeout=STRIPE_TIMEOUT_SECONDS, session=instrumented_session("stripe")
+        ),
     )
 
 
@@ -255,6 +260,7 @@ def hold_refunded(services: Services, session: Session, event: InboxEvent, refun
         refund_id=refund.id,
         payload={"event_id": event.id},
     )
+    event.state = InboxState.RECEIVED  # also after an operator's replay of a failed one
     event.last_error = "waiting for Stripe to confirm the refund"
     return True
 
