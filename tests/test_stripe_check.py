@@ -506,3 +506,40 @@ def test_refunded_webhook_without_a_stripe_id_is_not_applied(
     assert "no Stripe refund id" in (refund.review_reason or "")
     assert stripe_calls(stripe_api) == []
     assert json.loads(body)["refund_id"] == refund.ridendine_refund_id  # matched, recorded
+
+
+def test_a_replayed_event_is_checked_with_stripe_again(
+    bridge: Flask,
+    services: Services,
+    stripe_api: responses.RequestsMock,
+    directus_admin: DirectusClient,
+) -> None:
+    from bridge.webhooks import inbox
+
+    order = make_order(directus_admin, amount_paid_cents=3_300)
+    re_id = new_re_id()
+    refund_id = make_pending_refund(services, order, ridendine_refund_id=re_id)
+    mock_stripe_refund(stripe_api, stripe_refund(re_id, "pending", 3_300))
+    stripe_api.replace(
+        responses.GET,
+        f"{STRIPE_BASE}/v1/refunds/{re_id}",
+        json=stripe_refund(re_id, "canceled", 3_300),
+    )
+    assert (
+        post_event(bridge.test_client(), event_body(re_id, order["id"], 3_300)).status_code == 200
+    )
+    run_worker(services)
+    event = inbox_event(services, re_id)
+    assert event.state == InboxState.FAILED
+    # RideNDine and Stripe sorted it out; an operator replays the event.
+    stripe_api.replace(
+        responses.GET,
+        f"{STRIPE_BASE}/v1/refunds/{re_id}",
+        json=stripe_refund(re_id, "succeeded", 3_300),
+    )
+    inbox.replay(services, event.id)
+    assert inbox_event(services, re_id).state == InboxState.RECEIVED  # held for Stripe again
+    run_worker(services)
+    assert inbox_event(services, re_id).state == InboxState.APPLIED
+    assert refund_now(services, refund_id).status == "REFUNDED"
+    assert len(jobs_of(services, refund_id, stripe_check.JOB_VERIFY_REFUNDED)) == 2
