@@ -230,6 +230,8 @@ def _assign_request_id() -> None:
     g.log_started = time.perf_counter()
     given = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+    if request.view_args and isinstance(request.view_args.get("refund_id"), str):
+        bind(refund_id=request.view_args["refund_id"][:64])
 
 
 def _finish(response: Response) -> Response:

@@ -59,6 +59,7 @@ from bridge.models import (
 )
 
 if TYPE_CHECKING:
+    from bridge.config import Settings
     from bridge.db import Store
 
 log = logging.getLogger(__name__)
@@ -556,9 +557,33 @@ def mark_process_dead(pid: int) -> None:
 
 
 def start_exporter(port: int, addr: str, store: Store | None) -> Any:
-    """Serve this process's metrics (and the store's) on addr:port: for the worker process,
-    whose outbox runs gunicorn's /metrics does not see. Returns the server."""
+    """Serve this process's metrics (and the store's) on addr:port, in a daemon thread.
+    Returns the server (its `server_port` is the port, when 0 asked for any)."""
     from prometheus_client import start_http_server
 
     server, _thread = start_http_server(port, addr=addr, registry=scrape_registry(store))
+    return server
+
+
+def start_worker_exporter(settings: Settings, store: Store | None) -> Any:
+    """The worker's metrics (its outbox runs, its calls out) on BRIDGE_WORKER_METRICS_PORT,
+    which gunicorn's /metrics cannot see; None when the port is 0 (the default) or taken.
+    Metrics never stop the worker: a port that is taken is logged, and the worker runs on."""
+    if not settings.worker_metrics_port:
+        return None
+    try:
+        server = start_exporter(settings.worker_metrics_port, settings.worker_metrics_addr, store)
+    except OSError as exc:
+        log.error(
+            "worker metrics: cannot listen on %s:%d (%s)",
+            settings.worker_metrics_addr,
+            settings.worker_metrics_port,
+            exc.strerror or type(exc).__name__,
+        )
+        return None
+    log.info(
+        "worker metrics on http://%s:%d/metrics",
+        settings.worker_metrics_addr,
+        settings.worker_metrics_port,
+    )
     return server

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from bridge import stripe_check
+from bridge import metrics, stripe_check
 from bridge.models import Refund, RefundStatus, utcnow
 from bridge.order_status import order_changes, paid_cents
 from bridge.projection import REFUNDS_COLLECTION, refund_item
@@ -278,6 +278,7 @@ def compare(services: Services, *, since: datetime | None = None) -> Report:
         sid = stripe_check.stripe_refund_id(refund.ridendine_refund_id)
         if sid is not None and sid in stripe_refunds:
             _compare_stripe(services, report, refund, sid, stripe_refunds[sid])
+    metrics.reconciliation_mismatches(m.kind for m in report.mismatches)
     return report
 
 

@@ -429,7 +429,7 @@ def run_worker(settings: Settings, *, migrate: bool = True, once: bool = False) 
     """
     from bridge.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings)  # with its secrets redacted
     if settings.log_level != "DEBUG":
         # APScheduler logs every run of every job at INFO: twice a second here.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
@@ -457,6 +457,9 @@ def run_worker(settings: Settings, *, migrate: bool = True, once: bool = False) 
             log.info("ran %d job(s)", ran)
             return 0
         install_signal_handlers(worker)
+        from bridge.metrics import start_worker_exporter
+
+        start_worker_exporter(settings, services.store)  # when BRIDGE_WORKER_METRICS_PORT is set
         worker.run_until_stopped()
         log.info("worker stopped after %d job(s)", worker.jobs_run)
         return 0

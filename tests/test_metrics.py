@@ -391,3 +391,64 @@ def test_no_traceback_or_500_for_odd_scrapes(client: FlaskClient) -> None:
     answer = client.get("/metrics?x=%00", headers={"Authorization": "Bearer \x00"})
     assert answer.status_code == 200
     assert answer.content_type.startswith("text/plain")
+
+
+def test_worker_exporter_serves_the_workers_metrics(app: Flask, settings: Any) -> None:
+    from dataclasses import replace
+
+    from bridge.metrics import start_worker_exporter
+
+    services: Services = app.extensions["bridge.services"]
+    assert start_worker_exporter(settings, services.store) is None  # off by default
+    port = free_port()
+    server = start_worker_exporter(replace(settings, worker_metrics_port=port), services.store)
+    assert server is not None
+    try:
+        answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        samples = parse(answer.text)
+        assert value(samples, "refund_bridge_store_up") == 1
+        assert "# TYPE refund_bridge_outbox_job_runs_total counter" in answer.text
+        # A port that is taken is logged; the worker carries on without metrics.
+        taken = replace(settings, worker_metrics_port=port)
+        assert start_worker_exporter(taken, services.store) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_reconciliation_mismatches_are_counted_by_kind(
+    cooco_directus: DirectusServer, directus_settings: Any, database_url: str
+) -> None:
+    from collections import Counter
+
+    from bridge import reconcile
+
+    app = create_app(
+        {
+            "BRIDGE_SETTINGS": directus_settings,
+            "DATABASE_URL": database_url,
+            "AUTO_MIGRATE": True,
+            "TESTING": True,
+        }
+    )
+    client = app.test_client()
+    services: Services = app.extensions["bridge.services"]
+    with services.store.session() as session:
+        # In the ledger, never projected, for an order Directus does not have.
+        session.add(
+            Refund(
+                order_id=f"ord-missing-{free_port()}",
+                amount_cents=100,
+                currency="EUR",
+                reason="chef_rejected",
+                requested_by="admin",
+            )
+        )
+    before = scrape(client)
+    report = reconcile.compare(services)
+    delta = Delta(before, scrape(client))
+    kinds = Counter(m.kind for m in report.mismatches)
+    assert kinds["refund_item_missing"] == 1
+    for kind, count in kinds.items():
+        assert delta("refund_bridge_reconciliation_mismatches_total", kind=kind) == count
+    services.close()

@@ -26,7 +26,7 @@ from marshmallow import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from bridge import ledger, outbox
+from bridge import ledger, logs, outbox
 from bridge.auth import ROLE_CUSTOMER, Caller
 from bridge.db import lock_order
 from bridge.errors import (
@@ -370,6 +370,7 @@ def _record(
         "refund recorded",
         extra={"refund_id": refund_id, "order_id": order.id, "amount_cents": amount},
     )
+    logs.bind(refund_id=refund_id, order_id=order.id)  # on the request's later log lines
     return refund_id, projection_job, submit_job
 
 

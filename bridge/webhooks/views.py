@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import g, request
 
+from bridge import logs
 from bridge.errors import ServiceUnavailable, UnsupportedMediaType
 from bridge.services import get_services
 from bridge.webhooks import bp, inbox
@@ -22,6 +23,7 @@ def refund_status() -> tuple[dict[str, Any], int]:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("The body must be JSON (Content-Type: application/json).")
     payload = parse_event(raw_body)
+    logs.bind(order_id=payload["external_order_id"], ridendine_refund_id=payload["refund_id"])
     headers = inbox.stored_headers(request.headers)
     if getattr(g, "request_id", None):
         headers["x-request-id"] = g.request_id
