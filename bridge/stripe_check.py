@@ -161,12 +161,14 @@ def fetch_refund(client: stripe.StripeClient, refund_id: str) -> StripeRefund:
     return _from_stripe(obj)
 
 
-def list_refunds(client: stripe.StripeClient, *, created_since: datetime | None) -> dict[str, Any]:
+def list_refunds(
+    client: stripe.StripeClient, *, created_since: datetime | None
+) -> dict[str, StripeRefund]:
     """Every refund Stripe has (created since a time), by id: 100 per request, paginated."""
     params: dict[str, Any] = {"limit": 100}
     if created_since is not None:
         params["created"] = {"gte": int(created_since.timestamp())}
-    found: dict[str, Any] = {}
+    found: dict[str, StripeRefund] = {}
     try:
         for obj in client.v1.refunds.list(params).auto_paging_iter():  # type: ignore[arg-type]
             refund = _from_stripe(obj)
