@@ -141,3 +141,82 @@ def test_dashboard_sync_command(
     assert refused.output.startswith("refund-bridge: Directus: 401")
     assert "not-a-valid-token-000" not in refused.output
     assert REFUNDS_DASHBOARD.name == "Refunds"
+
+
+def _panel_query(panel: Any) -> dict[str, Any]:
+    """The query the Directus app sends for a panel (as its panel types build them)."""
+    options = panel.options
+    if panel.type == "metric":
+        return {"aggregate": {options["function"]: [options["field"]]}, "filter": options["filter"]}
+    if panel.type == "time-series":
+        date = options["dateField"]
+        window = [{date: {"_gte": f"$NOW(-{options['range']})"}}, {date: {"_lte": "$NOW"}}]
+        return {
+            "group_by": [f"year({date})", f"month({date})", f"day({date})"],
+            "aggregate": {options["function"]: [options["valueField"]]},
+            "filter": {"_and": [options.get("filter", {}), *window]},
+            "limit": -1,
+        }
+    if panel.type == "pie-chart":
+        return {
+            "group_by": [options["column"]],
+            "aggregate": {options["function"]: [options["column"]]},
+            "limit": -1,
+        }
+    if panel.type == "bar-chart":
+        return {
+            "group_by": [options["xAxis"]],
+            "aggregate": {options["function"]: [options["yAxis"]]},
+            "limit": -1,
+        }
+    assert panel.type == "list"
+    return {
+        "fields": ["id", "order_id", "amount_cents", "currency", "status", "review_reason"],
+        "filter": options["filter"],
+        "sort": [f"-{options['sortField']}"],
+        "limit": options["limit"],
+    }
+
+
+def test_every_panel_query_answers_with_our_refunds(
+    cooco_directus: DirectusServer, directus_admin: DirectusClient
+) -> None:
+    from datetime import UTC, datetime
+
+    from tests.helpers import make_order, unique_id
+
+    order = make_order(directus_admin)
+    now = datetime.now(UTC).isoformat()
+    flagged = unique_id("rf")
+    for refund_id, status, review in (
+        (unique_id("rf"), "REFUNDED", False),
+        (flagged, "PENDING", True),
+    ):
+        directus_admin.create_item(
+            "refunds",
+            {
+                "id": refund_id,
+                "order_id": order["id"],
+                "amount_cents": 1234,
+                "currency": "EUR",
+                "reason": "chef_rejected",
+                "requested_by": "admin",
+                "status": status,
+                "source": "cooco",
+                "needs_review": review,
+                "review_reason": "test" if review else None,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    answers = {
+        panel.key: directus_admin.query_items("refunds", **_panel_query(panel)) for panel in PANELS
+    }
+    assert int(answers["pending"][0]["count"]["id"]) >= 1
+    assert int(answers["needs_review_count"][0]["count"]["id"]) >= 1
+    assert int(answers["refunded_30_days"][0]["sum"]["amount_cents"]) >= 1234
+    assert sum(int(row["count"]["id"]) for row in answers["refunds_per_day"]) >= 2
+    assert sum(int(row["sum"]["amount_cents"]) for row in answers["amount_per_day"]) >= 1234
+    assert any(row["reason"] == "chef_rejected" for row in answers["by_reason"])
+    assert {"REFUNDED", "PENDING"} <= {row["status"] for row in answers["by_status"]}
+    assert flagged in {row["id"] for row in answers["needs_review_list"]}
