@@ -250,11 +250,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_url=_url(env, "BRIDGE_PUBLIC_URL", required=False) or "http://127.0.0.1:8080",
         flow_service_token=_flow_service_token(env, api_tokens),
         metrics_token=env.get("BRIDGE_METRICS_TOKEN", "").strip() or None,
-        worker_metrics_port=_int(env, "BRIDGE_WORKER_METRICS_PORT", 0),
+        worker_metrics_port=_port(env, "BRIDGE_WORKER_METRICS_PORT"),
         worker_metrics_addr=env.get("BRIDGE_WORKER_METRICS_ADDR", "").strip() or "127.0.0.1",
         report_order_date_field=env.get("BRIDGE_REPORT_ORDER_DATE_FIELD", "").strip()
         or "date_created",
     )
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    """A TCP port, or 0 for none."""
+    port = _int(env, name, 0)
+    if port > 65535:
+        raise ConfigError(name, f"must be a TCP port (1 to 65535, or 0 for none), got {port}")
+    return port
 
 
 def _flow_service_token(env: Mapping[str, str], api_tokens: tuple[str, ...]) -> str | None:

@@ -233,8 +233,9 @@ def after_commit(session: Session | None, record: Callable[[], None]) -> None:
     def _committed(_session: Session) -> None:
         _safely(record)
 
-    def _rolled_back(_session: Session) -> None:
-        if event.contains(session, "after_commit", _committed):
+    def _rolled_back(_session: Session, previous: Any) -> None:
+        # Only the outermost transaction's rollback undoes the change (not a savepoint's).
+        if previous.parent is None and event.contains(session, "after_commit", _committed):
             event.remove(session, "after_commit", _committed)
 
     event.listen(session, "after_commit", _committed, once=True)
@@ -573,7 +574,7 @@ def start_worker_exporter(settings: Settings, store: Store | None) -> Any:
         return None
     try:
         server = start_exporter(settings.worker_metrics_port, settings.worker_metrics_addr, store)
-    except OSError as exc:
+    except OSError as exc:  # the port is taken, or the address is not this machine's
         log.error(
             "worker metrics: cannot listen on %s:%d (%s)",
             settings.worker_metrics_addr,

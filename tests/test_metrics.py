@@ -452,3 +452,59 @@ def test_reconciliation_mismatches_are_counted_by_kind(
     for kind, count in kinds.items():
         assert delta("refund_bridge_reconciliation_mismatches_total", kind=kind) == count
     services.close()
+
+
+def test_observability_settings_are_checked() -> None:
+    from bridge.config import ConfigError, load_settings
+
+    env = settings_env(make_settings("http://127.0.0.1:9", "directus-token-unused"))
+    loaded = load_settings(
+        {
+            **env,
+            "BRIDGE_METRICS_TOKEN": " metrics-token-0123456789 ",
+            "BRIDGE_WORKER_METRICS_PORT": "9464",
+            "BRIDGE_REPORT_ORDER_DATE_FIELD": "paid_at",
+        }
+    )
+    assert (loaded.metrics_token, loaded.worker_metrics_port) == ("metrics-token-0123456789", 9464)
+    assert (loaded.worker_metrics_addr, loaded.report_order_date_field) == ("127.0.0.1", "paid_at")
+    defaults = load_settings(env)
+    assert (defaults.metrics_token, defaults.worker_metrics_port) == (None, 0)
+    assert defaults.report_order_date_field == "date_created"
+    for bad in ("70000", "-1", "port"):
+        with pytest.raises(ConfigError) as raised:
+            load_settings({**env, "BRIDGE_WORKER_METRICS_PORT": bad})
+        assert raised.value.variable == "BRIDGE_WORKER_METRICS_PORT"
+
+
+def test_refunds_are_counted_only_when_their_transaction_commits(
+    app: Flask, client: FlaskClient
+) -> None:
+    from bridge import ledger
+
+    services: Services = app.extensions["bridge.services"]
+
+    def new_refund(reason: str) -> Refund:
+        return Refund(
+            order_id="o-commit",
+            amount_cents=100,
+            currency="EUR",
+            reason=reason,
+            requested_by="a",
+            status="PENDING",
+        )
+
+    before = scrape(client)
+    with pytest.raises(RuntimeError), services.store.session() as session:
+        refund = new_refund("goodwill")
+        session.add(refund)
+        ledger.record_created(refund)
+        raise RuntimeError("rolled back")
+    with services.store.session() as session:
+        refund = new_refund("goodwill")
+        session.add(refund)
+        ledger.record_created(refund)
+        ledger.transition(refund, "REFUNDED", source="test")
+    delta = Delta(before, scrape(client))
+    assert delta("refund_bridge_refunds_created_total", source="cooco", reason="goodwill") == 1
+    assert delta("refund_bridge_refunds_resolved_total", status="REFUNDED", reason="goodwill") == 1
