@@ -6,16 +6,19 @@ Registered before the refunds blueprint; Flask matches this static rule ahead of
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.auth import ACTING_USER_HEADER, authenticate
-from bridge.errors import Forbidden, ValidationProblem
+from bridge.errors import Forbidden, ServiceUnavailable, ValidationProblem
 from bridge.report import BadMonth, build_report, current_month
 from bridge.services import get_services
 
 bp = Blueprint("stats", __name__)
+log = logging.getLogger(__name__)
 
 ALLOWED_PARAMS = frozenset({"month"})
 
@@ -46,4 +49,7 @@ def refund_stats() -> dict[str, Any]:
         report = build_report(get_services(), month)
     except BadMonth:
         raise ValidationProblem({"month": ["Use YYYY-MM, e.g. 2025-03."]}) from None
+    except SQLAlchemyError:
+        log.warning("refund stats: the store did not answer", exc_info=True)
+        raise ServiceUnavailable("The refund ledger is unavailable; try again shortly.") from None
     return {"stats": report.as_dict()}

@@ -389,3 +389,19 @@ def test_report_command(
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_stats_answers_503_when_the_ledger_cannot_be_read(
+    settings: Settings, tmp_path: Any
+) -> None:
+    # A store that was never migrated: the query fails, the answer is a problem, not a 500.
+    app = create_app(
+        {
+            "BRIDGE_SETTINGS": settings,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+            "TESTING": True,
+        }
+    )
+    answer = app.test_client().get("/ridendine/refunds/stats", headers=_bearer(SERVICE_TOKEN))
+    assert answer.status_code == 503
+    assert answer.get_json()["code"] == "service_unavailable"
