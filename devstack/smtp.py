@@ -1,6 +1,7 @@
 """An SMTP sink (aiosmtpd) on 127.0.0.1 that keeps every message for tests to read.
 
-With `maildir`, each message is also written there as an .eml file (what `make dev` shows).
+With `maildir`, each message is also written there as an .eml file (what `make dev` shows),
+named `<sink start time>-<n>.eml` so that a later run never overwrites an earlier run's mail.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import threading
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -60,6 +62,7 @@ class SmtpSink:
         self.maildir = maildir
         self._messages: list[ReceivedMail] = []
         self._lock = threading.Lock()
+        self._run_name = time.strftime("%Y%m%d-%H%M%S")
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
@@ -75,7 +78,11 @@ class SmtpSink:
             self._messages.append(mail)
             count = len(self._messages)
         if self.maildir:
-            (self.maildir / f"{count:05d}.eml").write_bytes(raw)
+            # Written aside, then renamed: a reader never sees half a message.
+            path = self.maildir / f"{self._run_name}-{count:05d}.eml"
+            partial = path.with_suffix(".part")
+            partial.write_bytes(raw)
+            partial.replace(path)
 
     @property
     def messages(self) -> list[ReceivedMail]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from directus_client import DirectusClient
+from directus_client import DirectusClient, ForbiddenError
 from flows import FLOW_KEYS, REFUND_RESULT, REQUEST_REFUND
 
 DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
@@ -34,6 +35,7 @@ _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 _FILE_PREFIX = "@file:"
 _CODE_PARAM = re.compile(r'"@param:([a-z_]+)"')
 MIN_SECRET_LENGTH = 16
+PING_RELOAD_WAIT_SECONDS = 5.0
 
 Item = dict[str, Any]
 
@@ -377,5 +379,14 @@ def ping_refund_result(client: DirectusClient, secret: str, flow_id: str | None 
     flow_id = flow_id or find_flow_id(client, REFUND_RESULT)
     if flow_id is None:
         raise LookupError("the refund-result Flow is not in Directus (or not active)")
-    trigger(client, flow_id, {"secret": secret, "kind": "ping"})
-    return flow_id
+    # Directus reloads its Flows in the background after a change: right after a sync, the
+    # trigger URL answers 403 for a moment ("Couldn't find webhook ... flow").
+    deadline = time.monotonic() + PING_RELOAD_WAIT_SECONDS
+    while True:
+        try:
+            trigger(client, flow_id, {"secret": secret, "kind": "ping"})
+            return flow_id
+        except ForbiddenError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

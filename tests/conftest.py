@@ -88,6 +88,9 @@ def directus(
             "REFUND_BRIDGE_FLOW_SECRET": FLOW_SECRET,
             "BRIDGE_URL": f"http://127.0.0.1:{directus_bridge_port}",
             "BRIDGE_SERVICE_TOKEN": SERVICE_TOKEN,
+            # Flows may call the bridge on 127.0.0.1 (the "request refund" Flow in
+            # tests/test_end_to_end.py); Directus refuses every local address by default.
+            "IMPORT_IP_DENY_LIST": "169.254.169.254",
         },
     )
     server.start()
