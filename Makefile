@@ -37,8 +37,11 @@ pytest: $(STAMP) directus postgres  ## the whole pytest suite (real Directus, SM
 test: lint typecheck pytest  ## everything CI runs: lint, types, all tests
 	node --test directus-extension/test/
 
-dev: $(STAMP) directus  ## run the local stack: Directus, SMTP sink, bridge (Ctrl-C stops it)
-	$(PY) -m devstack up
+dev: $(STAMP) directus  ## run the whole flow locally and show a refund (Ctrl-C stops it; DEV_ARGS="--no-demo")
+	$(PY) -m devstack up $(DEV_ARGS)
+
+demo: $(STAMP)  ## one refund end to end against the running `make dev` (DEMO_ARGS="--order demo-1001")
+	$(PY) -m devstack demo $(DEMO_ARGS)
 
 clean:  ## remove the virtualenv and local state (not the Directus cache)
 	rm -rf $(VENV) instance .dev .pytest_cache .mypy_cache .ruff_cache
