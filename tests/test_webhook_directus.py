@@ -387,7 +387,9 @@ def test_an_order_missing_in_directus_flags_the_refund_and_alerts(
     ridendine_id = new_ridendine_id()
     refund_id = make_pending_refund(services, order, ridendine_refund_id=ridendine_id)
     post_event(app.test_client(), event_body(ridendine_id, order["id"], 5000))
-    wait_for_jobs_done(services)
+    # One worker pass (the refunds item cannot be written either: Directus refuses an item
+    # related to a missing order, so that job stays in its backoff).
+    drain(services)
     [apply_order] = jobs(services, "apply_order")
     assert apply_order.state == OutboxState.DEAD
     assert apply_order.attempts == 1  # gave up at once: retrying cannot bring the order back
@@ -395,8 +397,9 @@ def test_an_order_missing_in_directus_flags_the_refund_and_alerts(
     assert refund.needs_review
     assert "could not be updated in Directus" in (refund.review_reason or "")
     # The admins hear of it (and of the result itself: the notification goes to them too).
-    mails = mails_about(smtp_sink, order["id"], 2)
-    assert all(m.rcpt_to == (ADMINS,) for m in mails)
+    smtp_sink.wait_for("could not be updated in Directus", 1, timeout=30)
+    mails = smtp_sink.matching(order["id"])
+    assert mails and all(m.rcpt_to == (ADMINS,) for m in mails)
 
 
 @pytest.mark.slow
@@ -435,11 +438,30 @@ def test_directus_down_fifty_webhooks_accepted_then_applied_once(
         assert load_refund(services, refund_id).status == "REFUNDED"
         current = order_now(directus_admin, order["id"])
         assert (current["payment_status"], current["status"]) == ("REFUNDED", "CANCELLED")
+    order_ids = [order["id"] for order, _r, _b in events]
+    counter = MailCounter(smtp_sink, order_ids)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if all(len(smtp_sink.matching(order["id"])) >= 3 for order, _r, _b in events):
-            break
+    while time.monotonic() < deadline and min(counter.counts().values()) < 3:
         time.sleep(0.2)
     time.sleep(QUIET_SECONDS)
-    counts = {order["id"]: len(smtp_sink.matching(order["id"])) for order, _r, _b in events}
+    counts = counter.counts()
     assert set(counts.values()) == {3}, counts
+
+
+class MailCounter:
+    """E-mails per order id, reading each message of the (session-wide) sink once."""
+
+    def __init__(self, sink: SmtpSink, order_ids: list[str]) -> None:
+        self.sink = sink
+        self.seen = 0
+        self.found = dict.fromkeys(order_ids, 0)
+
+    def counts(self) -> dict[str, int]:
+        messages = self.sink.messages
+        for message in messages[self.seen :]:
+            text = message.subject + message.text()
+            for order_id in self.found:
+                if order_id in text:
+                    self.found[order_id] += 1
+        self.seen = len(messages)
+        return dict(self.found)
