@@ -219,8 +219,11 @@ def refund_flows(cooco_directus: DirectusServer, directus_admin: DirectusClient)
     """The project's Flows synced into the session Directus with the test settings (flow
     secret FLOW_SECRET, service token SERVICE_TOKEN): {flow key: flow id}."""
     from bridge.directus_commands import flow_params
-    from flows.sync import sync_flows
+    from flows.sync import ping_refund_result, sync_flows
 
     settings = make_settings(cooco_directus.url, cooco_directus.admin_token)
     results = sync_flows(directus_admin, flow_params(settings))
-    return {result.key: str(result.flow_id) for result in results}
+    flow_ids = {result.key: str(result.flow_id) for result in results}
+    # Directus reloads its Flows in the background after a change: wait until it has.
+    ping_refund_result(directus_admin, FLOW_SECRET, flow_ids["refund-result"])
+    return flow_ids

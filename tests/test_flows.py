@@ -15,8 +15,9 @@ import requests
 
 from bridge.directus_commands import flow_params
 from devstack.directus import DirectusServer
+from devstack.net import wait_until
 from devstack.smtp import SmtpSink
-from directus_client import DirectusClient
+from directus_client import DirectusClient, ForbiddenError
 from flows import REFUND_RESULT, REQUEST_REFUND
 from flows.sync import (
     FlowParams,
@@ -291,6 +292,20 @@ class Receiver:
         self.server.server_close()
 
 
+def wait_until_loaded(client: DirectusClient, flow_id: str) -> None:
+    """Directus loads a new Flow in the background: until then its trigger answers 403. An
+    empty selection is refused by the Flow itself once it is there (nothing is called)."""
+
+    def loaded() -> bool:
+        try:
+            client.trigger_flow(flow_id, {"collection": "orders", "keys": []}, token=None)
+        except ForbiddenError:
+            return False
+        return True
+
+    wait_until(loaded, timeout=10, interval=0.2, what="Directus to load the Flow")
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     bridge = Receiver()
@@ -307,6 +322,7 @@ def test_request_refund_calls_the_bridge_as_the_admin(
     )
     flow_id = {r.key: r.flow_id for r in sync_flows(admin, params)}[REQUEST_REFUND]
     assert flow_id
+    wait_until_loaded(admin, flow_id)
     flow = admin.list_flows(filter={"id": {"_eq": flow_id}})[0]
     assert (flow["trigger"], flow["options"]["collections"]) == ("manual", ["orders"])
     assert flow["options"]["requireSelection"] is True
