@@ -296,7 +296,7 @@ def start(stack: Stack) -> None:
         log_path=stack.logs_dir / "sandbox.log",
     )
     # The sandbox and Directus start side by side (a few seconds each).
-    sandbox_start = threading.Thread(target=_start_sandbox, args=(stack.sandbox,))
+    sandbox_start = threading.Thread(target=_start_sandbox, args=(stack.sandbox,), daemon=True)
     sandbox_start.start()
 
     directus_dir = stack.state_dir / "directus"
@@ -308,7 +308,6 @@ def start(stack: Stack) -> None:
         extra_env={
             "BRIDGE_URL": stack.bridge_url,
             "BRIDGE_SERVICE_TOKEN": DEV_SERVICE_TOKEN,
-            "REFUND_BRIDGE_FLOW_SECRET": DEV_FLOW_SECRET,
             # The "request refund" Flow calls the bridge on 127.0.0.1, which Directus's
             # default deny list (0.0.0.0: every local address) would refuse.
             "IMPORT_IP_DENY_LIST": "169.254.169.254",

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from devstack import demo
 from devstack.directus import REPO, DirectusServer
 from devstack.net import free_port, wait_until
@@ -37,6 +39,7 @@ def devstack_env() -> dict[str, str]:
     }
 
 
+@pytest.mark.directus  # starts a Directus of its own
 def test_up_shows_a_refund_going_through_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("directus", "bridge", "sandbox", "smtp")}
     process = subprocess.Popen(
