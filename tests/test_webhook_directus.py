@@ -312,7 +312,9 @@ def test_failed_for_a_refund_never_seen_is_recorded_flagged_and_reported(
     ridendine_id = new_ridendine_id()
     response = post_event(
         app.test_client(),
-        event_body(ridendine_id, order["id"], 1234, "FAILED", reason="customer_cancel"),
+        event_body(
+            ridendine_id, order["id"], 1234, "FAILED", reason="customer_cancel", currency_code="chf"
+        ),
     )
     assert response.status_code == 200
     assert refund_by_ridendine_id(services, ridendine_id) is None  # Directus is asked later
@@ -323,6 +325,7 @@ def test_failed_for_a_refund_never_seen_is_recorded_flagged_and_reported(
     assert refund.source == "ridendine"
     assert refund.status == "FAILED"
     assert refund.amount_cents == 1234
+    assert (refund.currency, refund.reason) == ("CHF", "customer_cancel")
     assert refund.ridendine_order_id == order["ridendine_order_id"]
     assert refund.needs_review and "outside COOCO" in (refund.review_reason or "")
     current = order_now(directus_admin, order["id"])
@@ -346,6 +349,7 @@ def test_refunded_for_a_refund_never_seen_updates_the_order(
     refund = refund_by_ridendine_id(services, ridendine_id)
     assert refund is not None and refund.source == "ridendine" and refund.needs_review
     assert refund.reason == "unspecified"
+    assert refund.currency == "EUR"  # the order's
     current = order_now(directus_admin, order["id"])
     assert current["payment_status"] == "REFUNDED"
     assert current["status"] == "DELIVERED"  # no reason given: nothing says it cancels

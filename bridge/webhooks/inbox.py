@@ -283,18 +283,25 @@ def _text(value: Any, limit: int) -> str | None:
     return text[:limit] or None
 
 
+def _currency(value: Any) -> str | None:
+    """An ISO 4217 code (three letters), upper case, or None."""
+    if isinstance(value, str) and len(value.strip()) == 3 and value.strip().isalpha():
+        return value.strip().upper()
+    return None
+
+
 def _outside_refund(
     services: Services, session: Session, event: InboxEvent, order: dict[str, Any]
 ) -> Refund:
     """Record a refund RideNDine made without a request from COOCO (flagged, reported)."""
     payload = event.payload or {}
     names = services.settings.order_fields
-    currency = _text(payload.get("currency_code"), 3) or _text(order.get(names.currency), 3)
+    currency = _currency(payload.get("currency_code")) or _currency(order.get(names.currency))
     refund = Refund(
         order_id=event.external_order_id,
         ridendine_order_id=_text(order.get("ridendine_order_id"), 255),
         amount_cents=event.amount_cents,
-        currency=(currency or services.settings.default_currency).upper(),
+        currency=currency or services.settings.default_currency,
         reason=_text(payload.get("reason"), 64) or "unspecified",
         reason_comments=_text(payload.get("reason_comments"), 500),
         requested_by="ridendine",
