@@ -246,7 +246,6 @@ class Worker:
         # Unique per process start: a restarted worker never mistakes old leases for its own.
         self.owner = f"{outbox.worker_id()}:{secrets.token_hex(3)}"
         self.kinds = tuple(sorted(outbox.HANDLERS))
-        install_dead_fallback(self.kinds)
         self.stopping = threading.Event()
         self._draining = threading.Lock()
         self._pause_until = 0.0
@@ -442,6 +441,8 @@ def run_worker(settings: Settings, *, migrate: bool = True, once: bool = False) 
             lock.acquire()
         prepare_store(services.store, migrate=migrate)
         missing = import_handler_modules()
+        # Process-wide, so only in the worker process (where jobs run out of retries).
+        install_dead_fallback(tuple(sorted(outbox.HANDLERS)))
         worker = Worker(services)
         log.info(
             "worker %s started",

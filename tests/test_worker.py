@@ -24,7 +24,9 @@ from bridge.worker import (
     HANDLER_MODULES,
     Worker,
     WorkerOptions,
+    dead_fallback,
     import_handler_modules,
+    install_dead_fallback,
     prepare_store,
 )
 from directus_client import DirectusClient
@@ -134,6 +136,22 @@ def exhaust(services: Services, worker: Worker) -> None:
         worker.drain_due()
 
 
+@pytest.fixture
+def restore_dead_handlers() -> Iterator[None]:
+    """The fallback is process-wide: what a test installs is undone after it."""
+    before = dict(outbox.DEAD_HANDLERS)
+    yield
+    outbox.DEAD_HANDLERS.clear()
+    outbox.DEAD_HANDLERS.update(before)
+
+
+@pytest.fixture
+def with_dead_fallback(restore_dead_handlers: None) -> None:
+    """The fallback as `refund-bridge worker` installs it, for this test only."""
+    install_dead_fallback(tuple(outbox.HANDLERS))
+
+
+@pytest.mark.usefixtures("with_dead_fallback")
 def test_a_dead_job_without_its_own_handler_flags_its_refund(services: Services) -> None:
     with services.store.session() as session:
         refund = Refund(
@@ -158,6 +176,7 @@ def test_a_dead_job_without_its_own_handler_flags_its_refund(services: Services)
         assert [a.refund_id for a in alerts] == [refund_id]
 
 
+@pytest.mark.usefixtures("with_dead_fallback")
 def test_a_dead_job_without_a_refund_alerts_the_admins_and_a_dead_alert_stops(
     services: Services,
 ) -> None:
@@ -253,6 +272,7 @@ def test_bad_configuration_is_one_line_and_exit_1(settings: Settings) -> None:
     ]
 
 
+@pytest.mark.usefixtures("restore_dead_handlers")
 def test_worker_once_migrates_and_drains(
     runner: CliRunner, settings: Settings, database_url: str
 ) -> None:
@@ -270,6 +290,9 @@ def test_worker_once_migrates_and_drains(
     with store.session() as session:
         assert session.scalar(select(OutboxJob.state)) == OutboxState.DONE
     store.dispose()
+    # The worker process gives kinds without an on_dead of their own the fallback.
+    assert outbox.DEAD_HANDLERS["wtest_ok"] is dead_fallback
+    assert outbox.DEAD_HANDLERS["submit_refund"] is not dead_fallback
 
 
 # -- real worker processes on SQLite ------------------------------------------------------------
