@@ -39,6 +39,8 @@ def run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
 
 
 def _run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
+    from bridge.logs import gunicorn_logconfig
+
     BridgeServer(
         {
             "child_exit": _child_exit,
@@ -51,5 +53,7 @@ def _run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
             "graceful_timeout": 20,
             "keepalive": 5,
             "accesslog": None,
+            # gunicorn's own lines as JSON too; the app writes the access lines.
+            "logconfig_dict": gunicorn_logconfig(log_level),
         }
     ).run()

@@ -222,6 +222,34 @@ def configure_logging(level: str = "INFO", settings: Settings | None = None) -> 
     root.setLevel(level)
 
 
+def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
+    """gunicorn's `logconfig_dict`: its own lines (master, worker boots and exits) as JSON on
+    stderr too, so that everything `serve` prints is one JSON object per line. Its access log
+    stays off: the app writes its own access lines."""
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "filters": ["redact"],
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"redact": {"()": RedactingFilter}},
+        "handlers": {"console": handler, "error_console": handler},
+        "root": {"level": level.upper(), "handlers": []},
+        "loggers": {
+            "gunicorn.error": {
+                "level": level.upper(),
+                "handlers": ["error_console"],
+                "propagate": False,
+            },
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+        },
+    }
+
+
 # -- per request ----------------------------------------------------------------------------
 
 

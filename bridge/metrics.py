@@ -44,7 +44,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from bridge.errors import NotAuthenticated
@@ -376,34 +376,32 @@ def _store_families(session: Session) -> Iterator[Metric]:
     pending_age.add_metric([], _age(now, oldest_pending))
     yield pending_age
 
+    # One pass over the refunds for the three refund gauges.
     refunds = GaugeMetricFamily(
         f"{PREFIX}_refunds",
         "Refunds in the ledger by status and reason",
         labels=["status", "reason"],
     )
-    for status, reason, count in session.execute(
-        select(Refund.status, Refund.reason, func.count()).group_by(Refund.status, Refund.reason)
+    needing_review = 0
+    oldest_refund: datetime | None = None
+    flagged = func.sum(case((Refund.needs_review.is_(True), 1), else_=0))
+    for status, reason, count, in_review, oldest in session.execute(
+        select(
+            Refund.status, Refund.reason, func.count(), flagged, func.min(Refund.created_at)
+        ).group_by(Refund.status, Refund.reason)
     ):
         refunds.add_metric([str(status), str(reason)], int(count))
+        needing_review += int(in_review or 0)
+        if status == RefundStatus.PENDING and oldest is not None:
+            oldest_refund = oldest if oldest_refund is None else min(oldest_refund, oldest)
     yield refunds
 
     review = GaugeMetricFamily(
         f"{PREFIX}_refunds_needing_review", "Refunds flagged for a person (needs_review)"
     )
-    review.add_metric(
-        [],
-        int(
-            session.scalar(
-                select(func.count()).select_from(Refund).where(Refund.needs_review.is_(True))
-            )
-            or 0
-        ),
-    )
+    review.add_metric([], needing_review)
     yield review
 
-    oldest_refund = session.scalar(
-        select(func.min(Refund.created_at)).where(Refund.status == RefundStatus.PENDING)
-    )
     pending_refund_age = GaugeMetricFamily(
         f"{PREFIX}_refund_oldest_pending_age_seconds",
         "Age of the oldest PENDING refund (0 when none)",

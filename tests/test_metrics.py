@@ -374,9 +374,11 @@ def test_counts_are_right_across_gunicorn_workers(
             _, stderr = server.communicate()
     assert server.returncode == 0, stderr.decode()[-2000:]
     assert list(scratch.iterdir()) == []  # the metrics directory is gone with the server
-    for line in stderr.decode().splitlines():
-        if line.startswith("{"):
-            json.loads(line)
+    # Everything serve printed, gunicorn's own lines included, is one JSON object per line.
+    lines = stderr.decode().splitlines()
+    assert lines
+    entries = [json.loads(line) for line in lines]
+    assert any(e["logger"] == "gunicorn.error" for e in entries)
 
 
 def _answers(url: str) -> bool:
