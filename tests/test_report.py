@@ -405,3 +405,33 @@ def test_stats_answers_503_when_the_ledger_cannot_be_read(
     answer = app.test_client().get("/ridendine/refunds/stats", headers=_bearer(SERVICE_TOKEN))
     assert answer.status_code == 503
     assert answer.get_json()["code"] == "service_unavailable"
+
+
+def test_report_command_without_directus(
+    app: Flask, settings: Settings, database_url: str, runner: Any
+) -> None:
+    with app.app_context():
+        load_fixture(get_services(), unique_id("o"))
+    env = settings_env(settings, database_url)  # Directus's URL leads nowhere
+    down = runner.invoke(load_commands(), ["report", "--month", MONTH, "--format", "csv"], env=env)
+    assert down.exit_code == 0, down.output
+    assert down.stderr.startswith("refund-bridge: warning: paid orders could not be counted")
+    rows = list(csv.DictReader(io.StringIO(down.stdout)))
+    assert {(r["metric"], r["dimension"], r["value"]) for r in rows} >= {
+        ("refunded_cents", "EUR", "28298"),
+        ("refund_rate", "", ""),
+    }
+    skipped = runner.invoke(
+        load_commands(), ["report", "--month", MONTH, "--no-directus", "--format", "json"], env=env
+    )
+    assert skipped.exit_code == 0 and skipped.stderr == ""
+    assert json.loads(skipped.stdout) == EXPECTED
+
+
+def test_report_command_on_a_store_never_migrated(
+    settings: Settings, tmp_path: Any, runner: Any
+) -> None:
+    env = settings_env(settings, f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    result = runner.invoke(load_commands(), ["report", "--no-directus"], env=env)
+    assert result.exit_code == 1
+    assert result.output.startswith("refund-bridge: the store is at revision none")
