@@ -11,7 +11,6 @@ from bridge.cli import load_commands
 from bridge.dashboard import (
     DASHBOARD_KEY,
     PANELS,
-    REFUNDS_DASHBOARD,
     find_dashboards,
     marker,
     marker_key,
@@ -140,7 +139,6 @@ def test_dashboard_sync_command(
     assert refused.exit_code == 1
     assert refused.output.startswith("refund-bridge: Directus: 401")
     assert "not-a-valid-token-000" not in refused.output
-    assert REFUNDS_DASHBOARD.name == "Refunds"
 
 
 def _panel_query(panel: Any) -> dict[str, Any]:

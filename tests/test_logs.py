@@ -28,7 +28,7 @@ from bridge.logs import (
     secrets_of,
 )
 from bridge.models import Refund
-from bridge.services import Services, get_services
+from bridge.services import Services
 from devstack.directus import DirectusServer
 from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
@@ -308,8 +308,3 @@ def test_configure_logging_is_idempotent_and_learns_the_secrets(settings: Settin
             if handler not in before:
                 root.removeHandler(handler)
         root.setLevel(level)
-
-
-def test_the_services_of_a_test_app_exist(app: Flask) -> None:
-    with app.app_context():
-        assert isinstance(get_services(), Services)
