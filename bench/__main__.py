@@ -1,0 +1,170 @@
+"""`python -m bench` (what `make bench` runs): the whole benchmark in one go.
+
+    python -m bench                 # N=2000, backlog 10000, growth 1000/4000/16000
+    python -m bench --quick         # small N: proves the code works, figures mean little
+    python -m bench --n 500 --scenarios ingest,baseline
+
+Prints a table with each target's PASS/FAIL and writes bench/results/<timestamp>.json.
+Exit code 0 when the run completed (a missed target is a finding, not a crash); 1 when the
+stack could not be run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.scenarios import Bench
+from bench.stack import WEB_THREADS, WEB_WORKERS, BenchStack, start_stack
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("ingest", "baseline", "requests", "backlog", "growth")
+
+
+@dataclass(frozen=True)
+class Options:
+    n: int = 2000
+    concurrency: int = 16
+    backlog: int = 10_000
+    raw: int = 2000
+    growth: tuple[int, ...] = (1000, 4000, 16_000)
+    scenarios: tuple[str, ...] = SCENARIOS
+    quick: bool = False
+
+    @classmethod
+    def quick_run(cls) -> Options:
+        return cls(n=40, backlog=60, raw=40, growth=(20, 80), quick=True)
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    return {
+        "cpus": os.cpu_count(),
+        "shared": "2 cores shared with other work (other sessions' test runs): noisy",
+        "load_average_at_start": [round(value, 2) for value in load],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run(stack: BenchStack, options: Options, *, say: Any = print) -> dict[str, Any]:
+    """Every chosen scenario on a running stack; returns the results with their targets."""
+    bench = Bench(stack, concurrency=options.concurrency)
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(),
+        "options": {
+            "n": options.n,
+            "concurrency": options.concurrency,
+            "backlog": options.backlog,
+            "raw": options.raw,
+            "growth": list(options.growth),
+            "quick": options.quick,
+        },
+        "machine": machine(),
+        "stack": {
+            "web": f"refund-bridge serve --workers {WEB_WORKERS} --threads {WEB_THREADS} "
+            "(gunicorn gthread)",
+            "worker": "refund-bridge worker (one, SQLite store)",
+            "directus": "11.3.5 on SQLite, LOG_LEVEL=info (its request log counts requests)"
+            if stack.directus_log
+            else "the caller's Directus (requests counted by the bridge's metrics)",
+        },
+    }
+    began = time.monotonic()
+    try:
+        steps = (
+            ("ingest", lambda: bench.webhook_ingest(options.n)),
+            ("baseline", lambda: bench.baseline(options.n)),
+            ("requests", lambda: bench.refund_requests(options.n)),
+            ("backlog", lambda: bench.backlog(options.backlog, options.raw)),
+            ("growth", lambda: bench.growth(options.growth)),
+        )
+        for name, step in steps:
+            if name not in options.scenarios:
+                continue
+            say(f"bench: {name} ... ({time.monotonic() - began:.0f}s)")
+            results[name] = step()
+    finally:
+        bench.close()
+    results["seconds"] = round(time.monotonic() - began, 1)
+    checked = report.targets(results)
+    results["targets"] = [target.as_dict() for target in checked]
+    return results
+
+
+def write_results(results: dict[str, Any], folder: Path = RESULTS_DIR) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"{stamp}{'-quick' if results['options']['quick'] else ''}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def parse(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small N (what the test runs)")
+    parser.add_argument("--n", type=int, help="events of scenarios 1 to 3 (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--backlog", type=int, help="webhooks accepted while Directus is down")
+    parser.add_argument("--growth", help="comma-separated sizes (default 1000,4000,16000)")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"any of {','.join(SCENARIOS)}"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    args = parser.parse_args(argv)
+    base = Options.quick_run() if args.quick else Options()
+    chosen = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    options = Options(
+        n=args.n or base.n,
+        concurrency=args.concurrency,
+        backlog=args.backlog or base.backlog,
+        raw=min(base.raw, args.backlog or base.backlog),
+        growth=tuple(int(v) for v in args.growth.split(",")) if args.growth else base.growth,
+        scenarios=chosen,
+        quick=args.quick,
+    )
+    return options, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, args = parse(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="refund-bridge-bench-"))
+    print(f"bench: starting the stack in {workdir} ...", flush=True)
+    try:
+        stack = start_stack(workdir)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"bench: the stack did not start: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    try:
+        results = run(stack, options, say=lambda text: print(text, flush=True))
+    finally:
+        stack.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    path = write_results(results, args.out)
+    checked = [
+        report.Target(t["name"], t["limit"], t["value"], t["pass"]) for t in results["targets"]
+    ]
+    print(report.table(results, checked))
+    print(f"bench: results in {path} ({results['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,676 @@
+"""The benchmark's scenarios (docs/performance.md): webhook ingest, its baseline, refund requests
+and theirs, a backlog drained after a Directus outage with Directus's raw rate beside it, and
+the growth of cost with N.
+
+Seeding is not measured: orders are created in Directus in batches, and PENDING refunds are
+written straight into the bridge's ledger with their Directus items (as the refund request
+path would have left them), each batch with ids of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+import urllib3
+from standardwebhooks.webhooks import Webhook
+
+from bench import load
+from bench.counting import BridgeMetrics, DirectusLog
+from bench.stack import API_TOKEN, BRIDGE_USER_AGENT, BenchStack
+from bridge.db import Store
+from bridge.models import Refund, RefundSource, RefundStatus, RefundStatusChange, utcnow
+from bridge.projection import refund_item
+
+AMOUNT_CENTS = 5000
+SEED_CHUNK = 250
+POLL_SECONDS = 0.25
+BASELINE_USER_AGENT = "refund-bridge-bench-baseline"
+POLL_USER_AGENT = "refund-bridge-bench-poll"
+WEBHOOK_PATH = "/ridendine/webhooks/refund-status"
+RAW_BATCH = 100  # items per batch PATCH when measuring Directus's raw rate
+MAILS_PER_RESULT = 3  # customer, chef, admins
+
+
+def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass
+class Event:
+    order_id: str
+    refund_id: str  # the bridge's
+    ridendine_refund_id: str
+
+
+@dataclass
+class Batch:
+    label: str
+    prefix: str
+    events: list[Event]
+
+
+class Bench:
+    def __init__(self, stack: BenchStack, *, concurrency: int) -> None:
+        self.stack = stack
+        self.concurrency = concurrency
+        self.run_id = uuid.uuid4().hex[:6]
+        self.seed = stack.seed_client()
+        self.poll = stack.seed_client()
+        self.poll.session.headers["User-Agent"] = POLL_USER_AGENT
+        self.store = Store(f"sqlite:///{stack.database_path}")
+        self.log = DirectusLog(stack.directus_log) if stack.directus_log else None
+        self.metrics = BridgeMetrics(
+            stack.bridge_url, f"http://127.0.0.1:{stack.worker_metrics_port}"
+        )
+        self.webhook = Webhook(stack.settings.webhook_secrets[0])
+        bridge = urllib3.util.parse_url(stack.bridge_url)
+        self.bridge_host, self.bridge_port = str(bridge.host), int(bridge.port or 80)
+
+    def close(self) -> None:
+        self.seed.close()
+        self.poll.close()
+        self.store.dispose()
+
+    # -- seeding ---------------------------------------------------------------------------
+
+    def orders(self, label: str, n: int) -> tuple[str, list[str]]:
+        """n PAID orders of the benchmark's customer and chef, in Directus."""
+        prefix = f"bench-{self.run_id}-{label}-"
+        ids = [f"{prefix}{index:06d}" for index in range(n)]
+        for part in chunks(ids, SEED_CHUNK):
+            self.seed.create_items(
+                "orders",
+                [
+                    {
+                        "id": order_id,
+                        "ridendine_order_id": f"rdn-{order_id}",
+                        "status": "DELIVERED",
+                        "payment_status": "PAID",
+                        "amount_paid_cents": AMOUNT_CENTS,
+                        "currency": "EUR",
+                        "customer": self.stack.customer["id"],
+                        "chef": self.stack.chef["id"],
+                    }
+                    for order_id in part
+                ],
+            )
+        return prefix, ids
+
+    def pending_refunds(self, label: str, n: int, *, ledger: bool = True) -> Batch:
+        """n orders, each with a PENDING refund that RideNDine accepted (its refund id known):
+        in the ledger (unless `ledger` is false: the baselines) and as items in Directus."""
+        prefix, order_ids = self.orders(label, n)
+        events = [
+            Event(order_id, f"rf_{uuid.uuid4().hex[:24]}", f"re_bench_{uuid.uuid4().hex[:20]}")
+            for order_id in order_ids
+        ]
+        for part in chunks(events, SEED_CHUNK):
+            now = utcnow()
+            refunds = [self._refund(event, now) for event in part]
+            if ledger:
+                with self.store.session() as session:
+                    session.add_all(refunds)
+            self.seed.create_items("refunds", [refund_item(refund) for refund in refunds])
+        return Batch(label, prefix, events)
+
+    @staticmethod
+    def _refund(event: Event, now: datetime) -> Refund:
+        refund = Refund(
+            id=event.refund_id,
+            order_id=event.order_id,
+            ridendine_order_id=f"rdn-{event.order_id}",
+            amount_cents=AMOUNT_CENTS,
+            currency="EUR",
+            reason="chef_rejected",
+            requested_by="admin",
+            status=RefundStatus.PENDING,
+            ridendine_refund_id=event.ridendine_refund_id,
+            source=RefundSource.COOCO,
+            needs_review=False,
+            created_at=now - timedelta(seconds=5),
+            updated_at=now,
+        )
+        refund.history.append(
+            RefundStatusChange(
+                from_status=None,
+                to_status=RefundStatus.PENDING,
+                source="request",
+                detail="seeded by the benchmark",
+                at=now - timedelta(seconds=5),
+            )
+        )
+        refund.history.append(
+            RefundStatusChange(
+                from_status=RefundStatus.PENDING,
+                to_status=RefundStatus.PENDING,
+                source="ridendine_api",
+                detail=f"accepted by RideNDine (HTTP 201), refund_id {event.ridendine_refund_id}",
+                at=now,
+            )
+        )
+        return refund
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _bridge_pool(self) -> urllib3.HTTPConnectionPool:
+        return urllib3.HTTPConnectionPool(
+            self.bridge_host, self.bridge_port, maxsize=1, timeout=30.0, retries=False
+        )
+
+    def _send_webhook(self, pool: urllib3.HTTPConnectionPool, event: Event) -> int:
+        body = json.dumps(
+            {
+                "refund_id": event.ridendine_refund_id,
+                "external_order_id": event.order_id,
+                "amount_cents": AMOUNT_CENTS,
+                "status": "REFUNDED",
+                "currency_code": "EUR",
+            },
+            separators=(",", ":"),
+        )
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        now = datetime.now(UTC)
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self.webhook.sign(webhook_id, now, body),
+        }
+        response = pool.urlopen("POST", WEBHOOK_PATH, body=body.encode(), headers=headers)
+        return int(response.status)
+
+    def send_webhooks(self, batch: Batch) -> load.LoadResult:
+        return load.run(
+            batch.events,
+            self._send_webhook,
+            concurrency=self.concurrency,
+            make_client=self._bridge_pool,
+        )
+
+    # -- waiting (bounded) -----------------------------------------------------------------
+
+    def refunded_orders(self, prefix: str) -> int:
+        rows = self.poll.query_items(
+            "orders",
+            filter={
+                "_and": [
+                    {"id": {"_starts_with": prefix}},
+                    {"payment_status": {"_eq": "REFUNDED"}},
+                    {"status": {"_eq": "CANCELLED"}},
+                ]
+            },
+            aggregate={"count": "*"},
+        )
+        return int(rows[0]["count"]) if rows else 0
+
+    def wait_orders(self, batch: Batch, started: float, timeout: float) -> tuple[float, int]:
+        """Seconds from `started` until every order of the batch is REFUNDED and CANCELLED
+        in Directus (or the timeout), and how many are."""
+        deadline = time.monotonic() + timeout
+        done = 0
+        while True:
+            try:
+                done = self.refunded_orders(batch.prefix)
+            except Exception:
+                done = done
+            if done >= len(batch.events) or time.monotonic() >= deadline:
+                return time.perf_counter() - started, done
+            time.sleep(POLL_SECONDS)
+
+    def outbox(self) -> dict[str, int]:
+        """Outbox jobs by state, read from the bridge's store (read-only)."""
+        uri = f"file:{self.stack.database_path}?mode=ro"
+        with sqlite3.connect(uri, uri=True, timeout=30) as connection:
+            rows = connection.execute(
+                "SELECT state, count(*) FROM outbox_jobs GROUP BY state"
+            ).fetchall()
+        connection.close()
+        return {str(state): int(count) for state, count in rows}
+
+    def wait_outbox_idle(self, started: float, timeout: float) -> tuple[float, dict[str, int]]:
+        """Seconds from `started` until no outbox job is pending (every order update,
+        projection and notification done), or the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.outbox()
+            if not states.get("pending") or time.monotonic() >= deadline:
+                return time.perf_counter() - started, states
+            time.sleep(POLL_SECONDS)
+
+    def wait_mails(self, expected_total: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.stack.mail_count()
+            if count >= expected_total or time.monotonic() >= deadline:
+                return count
+            time.sleep(POLL_SECONDS)
+
+    # -- counting --------------------------------------------------------------------------
+
+    def mark(self) -> dict[str, Any]:
+        time.sleep(0.3)  # lines of answers just given reach the log
+        return {
+            "log": self.log.mark() if self.log else None,
+            "metrics": self.metrics.directus_requests(),
+            "mails": self.stack.mail_count(),
+            "outbox": self.outbox(),
+        }
+
+    def directus_requests(self, mark: dict[str, Any], events: int) -> dict[str, Any]:
+        """The bridge's requests to Directus since `mark`, per event, both ways of counting."""
+        time.sleep(0.3)
+        by_metrics = self.metrics.directus_requests() - int(mark["metrics"])
+        counted: dict[str, Any] = {
+            "bridge_metrics": by_metrics,
+            "bridge_metrics_per_event": round(by_metrics / events, 3) if events else None,
+        }
+        if self.log is not None and mark["log"] is not None:
+            routes = self.log.since(int(mark["log"]), BRIDGE_USER_AGENT)
+            total = sum(routes.values())
+            counted.update(
+                directus_log=total,
+                directus_log_per_event=round(total / events, 3) if events else None,
+                by_route=dict(routes.most_common()),
+            )
+        counted["per_event"] = counted.get("directus_log_per_event", by_metrics / events)
+        return counted
+
+    def errors_in(self, mark: dict[str, Any]) -> dict[str, int]:
+        states = self.outbox()
+        before = mark["outbox"]
+        return {"dead_jobs": states.get("dead", 0) - before.get("dead", 0)}
+
+    # -- scenarios -------------------------------------------------------------------------
+
+    def wait_timeout(self, n: int) -> float:
+        # Bounded: a bridge slower than 10 events/s fails the run rather than stalling it.
+        return 120.0 + n * 0.1
+
+    def webhook_ingest(self, n: int, label: str = "ingest") -> dict[str, Any]:
+        """Scenario 1: N signed REFUNDED webhooks at the configured concurrency."""
+        batch = self.pending_refunds(label, n)
+        mark = self.mark()
+        started = time.perf_counter()
+        answers = self.send_webhooks(batch)
+        orders_seconds, updated = self.wait_orders(batch, started, self.wait_timeout(n))
+        done_seconds, states = self.wait_outbox_idle(started, self.wait_timeout(n))
+        counted = self.directus_requests(mark, n)
+        mails = self.wait_mails(mark["mails"] + MAILS_PER_RESULT * n, 30.0) - mark["mails"]
+        errors = {
+            "answers_not_200": len(answers.errors),
+            "orders_not_updated": n - updated,
+            "jobs_left_pending": states.get("pending", 0),
+            **self.errors_in(mark),
+            "mails_missing": max(0, MAILS_PER_RESULT * n - mails),
+        }
+        self.stack.check_running()
+        return {
+            "n": n,
+            "concurrency": self.concurrency,
+            "answers": {
+                "seconds": round(answers.seconds, 3),
+                "per_second": round(answers.rate(), 1),
+                "latency_ms": answers.percentiles_ms(),
+                "statuses": {str(k): v for k, v in sorted(answers.statuses.items())},
+                "first_errors": answers.errors[:5],
+            },
+            "orders_updated_seconds": round(orders_seconds, 3),
+            "end_to_end_seconds": round(done_seconds, 3),
+            "seconds_per_event_ms": round(done_seconds / n * 1000, 3),
+            "directus_requests": counted,
+            "mails": mails,
+            "errors": errors,
+            "error_count": sum(errors.values()),
+            "memory": self.stack.memory(),
+        }
+
+    def baseline(self, n: int, label: str = "baseline") -> dict[str, Any]:
+        """Scenario 2: the same results applied straight to Directus with plain requests, only
+        the unavoidable calls (the order's two fields, the refund item, the Flow)."""
+        batch = self.pending_refunds(label, n, ledger=False)
+        settings = self.stack.settings
+        url = self.stack.directus.url
+        trigger = f"{url}/flows/trigger/{self.stack.flow_id}"
+        mails_before = self.stack.mail_count()
+
+        def session() -> requests.Session:
+            client = requests.Session()
+            client.headers.update(
+                {
+                    "Authorization": f"Bearer {self.stack.directus.admin_token}",
+                    "User-Agent": BASELINE_USER_AGENT,
+                }
+            )
+            return client
+
+        def apply(client: requests.Session, event: Event) -> int:
+            now = utcnow().isoformat().replace("+00:00", "Z")
+            worst = 200
+            answer = client.patch(
+                f"{url}/items/orders/{event.order_id}",
+                json={"payment_status": "REFUNDED", "status": "CANCELLED"},
+                timeout=30,
+            )
+            worst = max(worst, answer.status_code)
+            refund = {
+                "status": "REFUNDED",
+                "refunded_amount_cents": AMOUNT_CENTS,
+                "updated_at": now,
+                "status_history": [
+                    {"from_status": "PENDING", "to_status": "REFUNDED", "source": "webhook"}
+                ],
+            }
+            answer = client.patch(f"{url}/items/refunds/{event.refund_id}", json=refund, timeout=30)
+            worst = max(worst, answer.status_code)
+            answer = client.post(
+                trigger,
+                json={
+                    "secret": settings.flow_secret,
+                    "kind": "refund_result",
+                    "refund": {
+                        "id": event.refund_id,
+                        "order_id": event.order_id,
+                        "amount_cents": AMOUNT_CENTS,
+                        "refunded_amount_cents": AMOUNT_CENTS,
+                        "currency": "EUR",
+                        "reason": "chef_rejected",
+                        "status": "REFUNDED",
+                    },
+                    "order": {
+                        "id": event.order_id,
+                        "ridendine_order_id": f"rdn-{event.order_id}",
+                        "status": "CANCELLED",
+                        "payment_status": "REFUNDED",
+                    },
+                    "amount_display": "50.00 EUR",
+                    "recipients": {
+                        "customer": self.stack.customer["email"],
+                        "chef": self.stack.chef["email"],
+                        "admins": list(settings.admin_emails),
+                    },
+                },
+                timeout=30,
+            )
+            ok = answer.status_code == 200 and answer.json().get("ok") is True
+            return max(worst, answer.status_code) if ok else 599
+
+        result = load.run(batch.events, apply, concurrency=self.concurrency, make_client=session)
+        updated = self.refunded_orders(batch.prefix)
+        mails = self.wait_mails(mails_before + MAILS_PER_RESULT * n, 30.0) - mails_before
+        errors = {
+            "calls_failed": len(result.errors),
+            "orders_not_updated": n - updated,
+            "mails_missing": max(0, MAILS_PER_RESULT * n - mails),
+        }
+        return {
+            "n": n,
+            "concurrency": self.concurrency,
+            "seconds": round(result.seconds, 3),
+            "events_per_second": round(result.rate(), 1),
+            "directus_requests_per_event": 3,
+            "event_latency_ms": result.percentiles_ms(),
+            "first_errors": result.errors[:5],
+            "errors": errors,
+            "error_count": sum(errors.values()),
+        }
+
+    def refund_requests(self, n: int, label: str = "requests") -> dict[str, Any]:
+        """Scenario 3: N refund requests (POST /ridendine/refunds) against the sandbox."""
+        _prefix, order_ids = self.orders(label, n)
+        mark = self.mark()
+
+        def send(pool: urllib3.HTTPConnectionPool, order_id: str) -> int:
+            body = json.dumps(
+                {"order_id": order_id, "reason": "chef_rejected", "requested_by": "admin"}
+            )
+            response = pool.urlopen(
+                "POST",
+                "/ridendine/refunds",
+                body=body.encode(),
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {API_TOKEN}",
+                    "Idempotency-Key": f"bench-{order_id}",
+                },
+            )
+            return int(response.status)
+
+        answers = load.run(
+            order_ids,
+            send,
+            concurrency=self.concurrency,
+            make_client=self._bridge_pool,
+            ok=lambda status: status == 202,
+        )
+        done_seconds, states = self.wait_outbox_idle(time.perf_counter(), self.wait_timeout(n))
+        counted = self.directus_requests(mark, n)
+        baseline = self._refund_requests_baseline(order_ids)
+        errors = {
+            "answers_not_202": len(answers.errors),
+            "jobs_left_pending": states.get("pending", 0),
+            **self.errors_in(mark),
+            "baseline_calls_failed": baseline["errors"],
+        }
+        return {
+            "n": n,
+            "concurrency": self.concurrency,
+            "seconds": round(answers.seconds, 3),
+            "per_second": round(answers.rate(), 1),
+            "latency_ms": answers.percentiles_ms(),
+            "statuses": {str(k): v for k, v in sorted(answers.statuses.items())},
+            "first_errors": answers.errors[:5],
+            "background_seconds_after_last_answer": round(done_seconds, 3),
+            "directus_requests": counted,
+            "baseline": baseline,
+            "ratio_to_baseline": round(answers.seconds / baseline["seconds"], 3)
+            if baseline["seconds"]
+            else None,
+            "errors": errors,
+            "error_count": sum(errors.values()),
+        }
+
+    def _refund_requests_baseline(self, order_ids: Sequence[str]) -> dict[str, Any]:
+        """The unavoidable Directus work of a refund request done directly: read the order,
+        create the refund's item."""
+        url = self.stack.directus.url
+
+        def session() -> requests.Session:
+            client = requests.Session()
+            client.headers.update(
+                {
+                    "Authorization": f"Bearer {self.stack.directus.admin_token}",
+                    "User-Agent": BASELINE_USER_AGENT,
+                }
+            )
+            return client
+
+        def request(client: requests.Session, order_id: str) -> int:
+            answer = client.get(
+                f"{url}/items/orders",
+                params={
+                    "filter": json.dumps({"id": {"_eq": order_id}}),
+                    "fields": "id,ridendine_order_id,payment_status,amount_paid_cents,currency,"
+                    "customer",
+                    "limit": "1",
+                },
+                timeout=30,
+            )
+            if answer.status_code != 200 or not answer.json()["data"]:
+                return 599
+            now = utcnow().isoformat().replace("+00:00", "Z")
+            answer = client.post(
+                f"{url}/items/refunds",
+                json={
+                    "id": f"rf_{uuid.uuid4().hex[:24]}",
+                    "order_id": order_id,
+                    "ridendine_order_id": f"rdn-{order_id}",
+                    "amount_cents": AMOUNT_CENTS,
+                    "currency": "EUR",
+                    "reason": "chef_rejected",
+                    "requested_by": "admin",
+                    "status": "PENDING",
+                    "source": "cooco",
+                    "needs_review": False,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+                timeout=30,
+            )
+            return int(answer.status_code)
+
+        result = load.run(order_ids, request, concurrency=self.concurrency, make_client=session)
+        return {
+            "seconds": round(result.seconds, 3),
+            "per_second": round(result.rate(), 1),
+            "latency_ms": result.percentiles_ms(),
+            "directus_requests_per_request": 2,
+            "errors": len(result.errors),
+        }
+
+    def backlog(self, n: int, raw_n: int, label: str = "backlog") -> dict[str, Any]:
+        """Scenario 4: Directus stopped, N webhooks accepted, Directus started: the drain."""
+        batch = self.pending_refunds(label, n)
+        directus = self.stack.directus
+        mark = self.mark()
+        directus.stop()
+        try:
+            started = time.perf_counter()
+            answers = self.send_webhooks(batch)
+            accepted_seconds = time.perf_counter() - started
+        finally:
+            directus.start(timeout=120)
+        up = time.perf_counter()
+        orders_seconds, updated = self.wait_orders(batch, up, self.wait_timeout(n))
+        drain_seconds, states = self.wait_outbox_idle(up, self.wait_timeout(n))
+        counted = self.directus_requests(mark, n)
+        mails = self.wait_mails(mark["mails"] + MAILS_PER_RESULT * n, 60.0) - mark["mails"]
+        raw = self.raw_rate(raw_n)
+        drain_rate = n / drain_seconds if drain_seconds else 0.0
+        errors = {
+            "answers_not_200": len(answers.errors),
+            "orders_not_updated": n - updated,
+            "jobs_left_pending": states.get("pending", 0),
+            **self.errors_in(mark),
+            "mails_missing": max(0, MAILS_PER_RESULT * n - mails),
+            "raw_calls_failed": raw["errors"],
+        }
+        self.stack.check_running()
+        return {
+            "n": n,
+            "accepted": {
+                "seconds": round(accepted_seconds, 3),
+                "per_second": round(answers.rate(), 1),
+                "latency_ms": answers.percentiles_ms(),
+                "statuses": {str(k): v for k, v in sorted(answers.statuses.items())},
+            },
+            "orders_updated_seconds": round(orders_seconds, 3),
+            "drain_seconds": round(drain_seconds, 3),
+            "drain_events_per_second": round(drain_rate, 1),
+            "directus_requests": counted,
+            "raw": raw,
+            "drain_to_raw_ratio": round(drain_rate / raw["events_per_second"], 3)
+            if raw["events_per_second"]
+            else None,
+            "mails": mails,
+            "errors": errors,
+            "error_count": sum(errors.values()),
+        }
+
+    def raw_rate(self, n: int, label: str = "raw") -> dict[str, Any]:
+        """Directus's own limit for the same work, written straight in the cheapest way it
+        allows: the orders' fields and the refund items by batch PATCH (RAW_BATCH items per
+        request), then one Flow call per result, all at the configured concurrency."""
+        batch = self.pending_refunds(label, n, ledger=False)
+        url = self.stack.directus.url
+        trigger = f"{url}/flows/trigger/{self.stack.flow_id}"
+        settings = self.stack.settings
+
+        def session() -> requests.Session:
+            client = requests.Session()
+            client.headers.update(
+                {
+                    "Authorization": f"Bearer {self.stack.directus.admin_token}",
+                    "User-Agent": BASELINE_USER_AGENT,
+                }
+            )
+            return client
+
+        def write(client: requests.Session, part: Sequence[Event]) -> int:
+            orders = client.patch(
+                f"{url}/items/orders",
+                params={"fields": "id"},
+                json=[
+                    {"id": e.order_id, "payment_status": "REFUNDED", "status": "CANCELLED"}
+                    for e in part
+                ],
+                timeout=60,
+            )
+            refunds = client.patch(
+                f"{url}/items/refunds",
+                params={"fields": "id"},
+                json=[
+                    {"id": e.refund_id, "status": "REFUNDED", "refunded_amount_cents": AMOUNT_CENTS}
+                    for e in part
+                ],
+                timeout=60,
+            )
+            return max(orders.status_code, refunds.status_code)
+
+        def notify(client: requests.Session, event: Event) -> int:
+            answer = client.post(
+                trigger,
+                json={
+                    "secret": settings.flow_secret,
+                    "kind": "refund_result",
+                    "refund": {"id": event.refund_id, "order_id": event.order_id},
+                    "order": {"id": event.order_id},
+                    "amount_display": "50.00 EUR",
+                    "recipients": {
+                        "customer": self.stack.customer["email"],
+                        "chef": self.stack.chef["email"],
+                        "admins": list(settings.admin_emails),
+                    },
+                },
+                timeout=30,
+            )
+            return int(answer.status_code)
+
+        parts = list(chunks(batch.events, RAW_BATCH))
+        writes = load.run(parts, write, concurrency=self.concurrency, make_client=session)
+        flows = load.run(batch.events, notify, concurrency=self.concurrency, make_client=session)
+        seconds = writes.seconds + flows.seconds
+        return {
+            "n": n,
+            "seconds": round(seconds, 3),
+            "batch_writes_seconds": round(writes.seconds, 3),
+            "flow_calls_seconds": round(flows.seconds, 3),
+            "events_per_second": round(n / seconds, 1) if seconds else 0.0,
+            "directus_requests_per_event": round((2 * len(parts) + n) / n, 3),
+            "errors": len(writes.errors) + len(flows.errors),
+        }
+
+    def growth(self, sizes: Sequence[int]) -> dict[str, Any]:
+        """Scenario 5: scenario 1 at each size; time per event must stay flat."""
+        runs = [self.webhook_ingest(n, label=f"growth{n}") for n in sizes]
+        per_event = [run["seconds_per_event_ms"] for run in runs]
+        smallest, largest = runs[0], runs[-1]
+        return {
+            "runs": runs,
+            "seconds_per_event_ms": dict(zip([str(n) for n in sizes], per_event, strict=True)),
+            "largest_to_smallest": round(
+                largest["seconds_per_event_ms"] / smallest["seconds_per_event_ms"], 3
+            )
+            if smallest["seconds_per_event_ms"]
+            else None,
+            "memory": self.stack.memory(),
+            "error_count": sum(run["error_count"] for run in runs),
+        }
