@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help test check lint typecheck pytest dev demo install directus postgres bench clean
+.PHONY: help test check lint typecheck pytest dev demo install directus postgres bench clean openapi
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -42,6 +42,9 @@ dev: $(STAMP) directus  ## run the whole flow locally and show a refund (Ctrl-C 
 
 demo: $(STAMP)  ## one refund end to end against the running `make dev` (DEMO_ARGS="--order demo-1001")
 	$(PY) -m devstack demo $(DEMO_ARGS)
+
+openapi: $(STAMP)  ## regenerate docs/openapi.json from the marshmallow schemas (a test fails when it drifts)
+	$(VENV)/bin/refund-bridge openapi
 
 clean:  ## remove the virtualenv and local state (not the Directus cache)
 	rm -rf $(VENV) instance .dev .pytest_cache .mypy_cache .ruff_cache

@@ -44,4 +44,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from bridge.webhooks import bp as webhooks_bp
 
     app.register_blueprint(webhooks_bp)
+    from bridge.openapi import bp as openapi_bp
+
+    app.register_blueprint(openapi_bp)  # GET /ridendine/openapi.json
+    if settings.trusted_proxies > 0:
+        # X-Forwarded-* are believed only from that many proxies in front (docs/configuration.md).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
     return app

@@ -23,6 +23,7 @@ EXIT_FAILURE = 1
 COMMAND_MODULES: tuple[str, ...] = (
     "bridge.directus_commands",
     "bridge.inbox_commands",
+    "bridge.openapi_command",
     "bridge.report_commands",
     "bridge.sandbox_command",
     "bridge.worker_commands",
