@@ -37,7 +37,9 @@ pytest: $(STAMP) directus postgres  ## the whole pytest suite (real Directus, SM
 test: lint typecheck pytest  ## everything CI runs: lint, types, all tests
 	node --test directus-extension/test/
 
-dev: $(STAMP) directus  ## run the whole flow locally and show a refund (Ctrl-C stops it; DEV_ARGS="--no-demo")
+dev:  ## run the whole flow locally and show a refund (Ctrl-C stops it; DEV_ARGS="--no-demo")
+	@# On a fresh machine the virtualenv (pip) and Directus (npm) install side by side.
+	@$(MAKE) --no-print-directory -s -j2 install directus
 	$(PY) -m devstack up $(DEV_ARGS)
 
 demo: $(STAMP)  ## one refund end to end against the running `make dev` (DEMO_ARGS="--order demo-1001")
