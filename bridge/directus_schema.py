@@ -49,7 +49,13 @@ def _json(name: str, **meta: Any) -> dict[str, Any]:
         "field": name,
         "type": "json",
         "schema": {},
-        "meta": {"interface": "input-code", "options": {"language": "JSON"}, **meta},
+        # cast-json: Directus hands the value back as JSON, not as the stored string.
+        "meta": {
+            "interface": "input-code",
+            "special": ["cast-json"],
+            "options": {"language": "JSON"},
+            **meta,
+        },
     }
 
 
@@ -94,7 +100,8 @@ REFUND_FIELDS: list[dict[str, Any]] = [
         "field": "needs_review",
         "type": "boolean",
         "schema": {"default_value": False},
-        "meta": {"interface": "boolean", "readonly": True},
+        # cast-boolean: true/false rather than SQLite's 1/0.
+        "meta": {"interface": "boolean", "special": ["cast-boolean"], "readonly": True},
     },
     _text("review_reason", readonly=True),
     _text("failure_reason", readonly=True),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bridge import outbox
 from bridge.ledger import history_to_list, iso
 from bridge.models import OutboxJob, Refund
-from directus_client import NotFoundError, RecordNotUniqueError
+from directus_client import InvalidForeignKeyError, NotFoundError, RecordNotUniqueError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -117,4 +117,11 @@ def _project_refund(services: Services, job: OutboxJob) -> None:
             raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
         refund.history  # noqa: B018 - load before the session closes
         session.expunge(refund)
-    upsert_refund_item(services, refund)
+    try:
+        upsert_refund_item(services, refund)
+    except InvalidForeignKeyError:
+        # The order is not in Directus (deleted, or never there): retrying cannot help. The
+        # dead job flags the refund and alerts admins (the worker's fallback for dead jobs).
+        raise outbox.GiveUp(
+            f"order {refund.order_id} of refund {refund.id} does not exist in Directus"
+        ) from None

@@ -78,6 +78,10 @@ class FailedValidationError(DirectusError):
     """400 FAILED_VALIDATION."""
 
 
+class InvalidForeignKeyError(DirectusError):
+    """400 INVALID_FOREIGN_KEY: a relation points at an item that does not exist."""
+
+
 class RateLimitedError(DirectusUnavailableError):
     """429 REQUESTS_EXCEEDED after the retries."""
 
@@ -96,6 +100,7 @@ ERRORS_BY_CODE: dict[str, type[DirectusError]] = {
     "INVALID_QUERY": InvalidQueryError,
     "RECORD_NOT_UNIQUE": RecordNotUniqueError,
     "FAILED_VALIDATION": FailedValidationError,
+    "INVALID_FOREIGN_KEY": InvalidForeignKeyError,
     "REQUESTS_EXCEEDED": RateLimitedError,
     "SERVICE_UNAVAILABLE": DirectusUnavailableError,
 }

@@ -25,3 +25,25 @@ def test_refund_item_links_to_its_order(
     )
     assert loaded["customer"]["email"] == customer["email"]
     assert loaded["refunds"] == [{"id": "rf_" + order["id"], "amount_cents": 500}]
+
+
+def test_json_and_boolean_fields_read_back_typed(
+    cooco_directus: object, directus_admin: DirectusClient
+) -> None:
+    order = make_order(directus_admin)
+    refund_id = "rf_typed_" + order["id"]
+    directus_admin.create_item(
+        "refunds",
+        {
+            "id": refund_id,
+            "order_id": order["id"],
+            "amount_cents": 100,
+            "needs_review": True,
+            "status_history": [{"to_status": "PENDING"}],
+            "items": [{"name": "Soup"}],
+        },
+    )
+    item = directus_admin.get_item("refunds", refund_id)
+    assert item["needs_review"] is True
+    assert item["status_history"] == [{"to_status": "PENDING"}]
+    assert item["items"] == [{"name": "Soup"}]

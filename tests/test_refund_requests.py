@@ -111,6 +111,17 @@ def submit_jobs(services: Services, refund_id: str) -> list[OutboxJob]:
         )
 
 
+def notify_jobs(services: Services, refund_id: str) -> list[str]:
+    with services.store.session() as session:
+        return list(
+            session.scalars(
+                select(OutboxJob.dedupe_key).where(
+                    OutboxJob.refund_id == refund_id, OutboxJob.kind == "notify_result"
+                )
+            )
+        )
+
+
 def make_jobs_due(services: Services) -> None:
     with services.store.session() as session:
         session.execute(
@@ -277,6 +288,8 @@ def test_ridendine_rejection_is_422_and_a_failed_refund_that_does_not_count(
     ]
     assert directus_admin.get_item("refunds", refund_id)["status"] == "FAILED"
     assert [job.state for job in submit_jobs(services, refund_id)] == ["done"]
+    # Contract section 4: a refund that reached FAILED is told, once.
+    assert notify_jobs(services, refund_id) == [f"notify:{refund_id}:FAILED"]
 
     # A FAILED refund takes nothing from what is refundable.
     ridendine.replace(responses.POST, CREATE_URL, json={"refund_id": "re_2"})
@@ -384,6 +397,7 @@ def test_a_submission_that_never_gets_an_answer_ends_failed_for_review(
             )
         ).all()
     assert len(alerts) == 1
+    assert notify_jobs(services, refund_id) == [f"notify:{refund_id}:FAILED"]
     # The money it held is refundable again (a person checks RideNDine first).
     assert len(ridendine_calls(ridendine)) == 2  # the inline attempt and the last one
 

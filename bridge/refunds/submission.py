@@ -21,6 +21,7 @@ from sqlalchemy import select
 from bridge import ledger, outbox
 from bridge.alerts import enqueue_admin_alert
 from bridge.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
+from bridge.notify import enqueue_notify_result
 from bridge.projection import enqueue_projection
 from bridge.ridendine import (
     RefundAccepted,
@@ -147,6 +148,8 @@ def _record_rejection(services: Services, refund_id: str, exc: RideNDineRejected
             detail=f"rejected by RideNDine (HTTP {exc.status}): {message}",
         ):
             refund.failure_reason = message
+            # Contract section 4: a refund that reached FAILED is told like any result.
+            enqueue_notify_result(session, refund, RefundStatus.FAILED)
         else:
             ledger.flag_review(
                 refund,
@@ -189,6 +192,7 @@ def submission_dead(services: Services, job: OutboxJob) -> None:
         refund.failure_reason = NO_DEFINITE_ANSWER
         ledger.flag_review(refund, NO_DEFINITE_ANSWER, source=ledger.SOURCE_WORKER)
         enqueue_projection(session, refund)
+        enqueue_notify_result(session, refund, RefundStatus.FAILED)
         enqueue_admin_alert(
             session,
             dedupe_key=f"submit-dead:{refund.id}",

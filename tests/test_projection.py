@@ -1,0 +1,83 @@
+"""The ledger projected into Directus's refunds collection (the `project_refund` job)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bridge import db, ledger, outbox
+from bridge.config import Settings
+from bridge.models import OutboxJob, OutboxState, Refund, RefundStatus
+from bridge.projection import enqueue_projection
+from bridge.services import Services, make_directus
+from directus_client import DirectusClient
+from tests.helpers import make_order, unique_id
+
+
+@pytest.fixture
+def services(
+    cooco_directus: object, directus_settings: Settings, database_url: str
+) -> Iterator[Services]:
+    store = db.Store(database_url)
+    db.upgrade(store.engine)
+    services = Services(
+        settings=directus_settings, store=store, directus=make_directus(directus_settings)
+    )
+    yield services
+    services.close()
+
+
+def record_refund(services: Services, order_id: str) -> str:
+    with services.store.session() as session:
+        refund = Refund(
+            order_id=order_id,
+            ridendine_order_id="rdn-x",
+            amount_cents=1_250,
+            currency="EUR",
+            reason="chef_rejected",
+            requested_by="admin",
+            status=RefundStatus.PENDING,
+        )
+        ledger.record_created(refund)
+        session.add(refund)
+        enqueue_projection(session, refund)
+        return refund.id
+
+
+def projection_jobs(services: Services, refund_id: str) -> list[OutboxJob]:
+    with services.store.session() as session:
+        return list(session.query(OutboxJob).filter_by(refund_id=refund_id, kind="project_refund"))
+
+
+def test_a_refund_is_created_then_updated_in_directus(
+    services: Services, directus_admin: DirectusClient
+) -> None:
+    order = make_order(directus_admin)
+    refund_id = record_refund(services, order["id"])
+    outbox.drain(services)
+    item = directus_admin.get_item("refunds", refund_id)
+    assert (item["order_id"], item["amount_cents"], item["status"]) == (
+        order["id"],
+        1_250,
+        "PENDING",
+    )
+    with services.store.session() as session:
+        refund = session.get(Refund, refund_id)
+        assert refund is not None
+        ledger.transition(refund, RefundStatus.REFUNDED, source="webhook")
+        enqueue_projection(session, refund)
+    outbox.drain(services)
+    item = directus_admin.get_item("refunds", refund_id)
+    assert item["status"] == "REFUNDED"
+    assert [h["to_status"] for h in item["status_history"]] == ["PENDING", "REFUNDED"]
+
+
+def test_an_order_missing_in_directus_gives_up_at_once(services: Services) -> None:
+    refund_id = record_refund(services, unique_id("gone"))
+    outbox.drain(services)
+    (job,) = projection_jobs(services, refund_id)
+    # Retrying for a day cannot create the missing order: the job is dead on the first try.
+    assert job.state == OutboxState.DEAD
+    assert job.attempts == 1
+    assert "does not exist in Directus" in (job.last_error or "")
