@@ -115,23 +115,17 @@ def db_check() -> None:
 
 
 def _prepare_store(settings: Settings, *, migrate: bool) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
+    """Migrate (or check) the store as the worker does: on PostgreSQL under an advisory lock,
+    so that web instances and workers starting together migrate one after the other."""
     from bridge import db as store_db
+    from bridge.worker import WorkerStartError, prepare_store
 
     url = settings.database_url or store_db.default_database_url(instance_path())
     store = store_db.Store(url)
     try:
-        if migrate:
-            store_db.upgrade(store.engine)
-        else:
-            store_db.check_migrated(store.engine)
-    except store_db.StoreNotMigrated as exc:
+        prepare_store(store, migrate=migrate)
+    except WorkerStartError as exc:
         raise CommandFailed(str(exc)) from None
-    except SQLAlchemyError as exc:
-        raise CommandFailed(
-            f"store: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
-        ) from None
     finally:
         store.dispose()
 
