@@ -1,9 +1,11 @@
 """Housekeeping: finished rows past the retention period (`BRIDGE_RETENTION_DAYS`) are deleted.
 
-Deleted: outbox jobs that are `done` or `dead` and finished before the cutoff, and webhook
-events that were `applied` before it. Never deleted, however old: a pending job, an inbox event
-that is `received`, `unmatched` or `failed` (it still needs work or a person), and the ledger
-itself (refunds and their history are the financial record and are kept for good).
+Deleted: outbox jobs that are `done` or `dead` and finished before the cutoff, webhook
+events that were `applied` before it, and callers' `Idempotency-Key` records made before it (a
+key is a promise for a retry window, not for ever; Stripe keeps them a day). Never deleted,
+however old: a pending job, an inbox event that is `received`, `unmatched` or `failed` (it still
+needs work or a person), and the ledger itself (refunds and their history are the financial
+record and are kept for good).
 
 Rows go in small batches, one short transaction each, so the web instances' writes (on SQLite:
 the single writer) are never held up for long. The worker runs this daily;
@@ -20,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 
-from bridge.models import InboxEvent, InboxState, OutboxJob, OutboxState, utcnow
+from bridge.models import (
+    IdempotencyRecord,
+    InboxEvent,
+    InboxState,
+    OutboxJob,
+    OutboxState,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -35,6 +44,7 @@ class HousekeepingReport:
     cutoff: datetime
     outbox_jobs: int = 0
     inbox_events: int = 0
+    idempotency_keys: int = 0
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -42,6 +52,7 @@ class HousekeepingReport:
             "cutoff": self.cutoff.isoformat(),
             "outbox_jobs": self.outbox_jobs,
             "inbox_events": self.inbox_events,
+            "idempotency_keys": self.idempotency_keys,
             "dry_run": self.dry_run,
         }
 
@@ -90,11 +101,24 @@ def run(
             if len(ids) < DELETE_BATCH:
                 break
         setattr(report, name, total)
-    if not dry_run and (report.outbox_jobs or report.inbox_events):
+    # Keys have a composite primary key and small rows: one statement is short enough.
+    old_keys = IdempotencyRecord.created_at < cutoff
+    with services.store.session() as session:
+        if dry_run:
+            count = session.scalar(
+                select(func.count()).select_from(IdempotencyRecord).where(old_keys)
+            )
+            report.idempotency_keys = int(count or 0)
+        else:
+            result = session.execute(delete(IdempotencyRecord).where(old_keys))
+            report.idempotency_keys = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if not dry_run and (report.outbox_jobs or report.inbox_events or report.idempotency_keys):
         log.info(
-            "housekeeping deleted %d outbox job(s) and %d webhook event(s) older than %s",
+            "housekeeping deleted %d outbox job(s), %d webhook event(s) and %d idempotency "
+            "key(s) older than %s",
             report.outbox_jobs,
             report.inbox_events,
+            report.idempotency_keys,
             cutoff.isoformat(),
         )
     return report

@@ -14,7 +14,14 @@ from sqlalchemy import func, insert, select
 from bridge import db, housekeeping
 from bridge.cli import load_commands
 from bridge.config import Settings
-from bridge.models import InboxEvent, InboxState, OutboxJob, OutboxState, utcnow
+from bridge.models import (
+    IdempotencyRecord,
+    InboxEvent,
+    InboxState,
+    OutboxJob,
+    OutboxState,
+    utcnow,
+)
 from bridge.services import Services
 from bridge.worker import Worker, WorkerOptions
 from directus_client import DirectusClient
@@ -137,8 +144,23 @@ def test_the_command(services: Services, rows: None, settings: Settings, databas
         "cutoff": None,
         "outbox_jobs": 3,
         "inbox_events": 2,
+        "idempotency_keys": 0,
         "dry_run": False,
     }
+
+
+def test_idempotency_keys_past_retention_are_deleted(services: Services) -> None:
+    with services.store.session() as session:
+        for key, age in (("old", OLD), ("recent", RECENT)):
+            session.add(
+                IdempotencyRecord(
+                    caller="service:x", key=key, request_hash="h", created_at=utcnow() - age
+                )
+            )
+    assert housekeeping.run(services, dry_run=True).idempotency_keys == 1
+    assert housekeeping.run(services).idempotency_keys == 1
+    with services.store.session() as session:
+        assert list(session.scalars(select(IdempotencyRecord.key))) == ["recent"]
 
 
 def test_the_worker_runs_it_daily(services: Services) -> None:
