@@ -355,7 +355,8 @@ def _paths(spec: APISpec) -> None:
                         "name": "month",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                        "description": "`YYYY-MM` (UTC); default: the current month.",
+                        "schema": {"type": "string"},
                     },
                     ACTING_USER,
                 ],
@@ -413,8 +414,8 @@ def _paths(spec: APISpec) -> None:
                     for name, description, schema in (
                         (
                             "webhook-id",
-                            "The message id; a redelivery repeats it.",
-                            {"minLength": 1, "maxLength": 255},
+                            "The message id (printable ASCII); a redelivery repeats it.",
+                            {"pattern": "^[!-~]{1,255}$"},
                         ),
                         (
                             "webhook-timestamp",
