@@ -235,7 +235,8 @@ def _run(
             "reason": DEMO_REASON,
             "reason_comments": "demo: the chef could not cook this order",
         },
-        headers={"Idempotency-Key": f"demo-{order_id}"},
+        # One key per run: a retry of this request would reuse it, another run is a new one.
+        headers={"Idempotency-Key": f"demo-{order_id}-{secrets.token_hex(4)}"},
         timeout=30,
     )
     body = _json(answer)
