@@ -48,5 +48,12 @@ demo: $(STAMP)  ## one refund end to end against the running `make dev` (DEMO_AR
 openapi: $(STAMP)  ## regenerate docs/openapi.json from the marshmallow schemas (a test fails when it drifts)
 	$(VENV)/bin/refund-bridge openapi
 
+$(VENV)/.bench-installed: $(STAMP) setup.cfg
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed directus  ## the benchmark, docs/performance.md (about 30 min; BENCH_ARGS="--quick")
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:  ## remove the virtualenv and local state (not the Directus cache)
 	rm -rf $(VENV) instance .dev .pytest_cache .mypy_cache .ruff_cache

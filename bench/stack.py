@@ -250,13 +250,14 @@ def bench_settings(directus: DirectusServer, sandbox_url: str, flow_secret: str)
 
 
 def _prepare_directus(stack: BenchStack) -> None:
-    """COOCO's side: the orders collection, the refunds schema, the Flows, a customer and a
-    chef with e-mails (every order is theirs, so every result e-mails three addresses)."""
+    """COOCO's side: the orders collection, the refunds schema, the "refund result" Flow (only
+    that one: on a shared Directus the "request refund" Flow points at another bridge), a
+    customer and a chef with e-mails (every order is theirs: each result e-mails three)."""
     client = stack.seed_client()
     try:
         create_demo_orders(client)
         apply_schema(client)
-        results = sync_flows(client, flow_params(stack.settings))
+        results = sync_flows(client, flow_params(stack.settings), keys=[REFUND_RESULT])
         flow_ids = {result.key: str(result.flow_id) for result in results}
         stack.flow_id = flow_ids[REFUND_RESULT]
         # Directus reloads its Flows in the background after a change: wait until it has.

@@ -60,8 +60,19 @@ JITTER = 0.2
 
 Handler = Callable[["Services", OutboxJob], None]
 DeadHandler = Callable[["Services", OutboxJob], None]
+# A batch handler does several claimed jobs of its kind at once (one Directus request for many
+# jobs) and says how each ended: None (done) or the exception its single handler would raise.
+# `context` is shared by the handlers of one claimed batch (e.g. the orders read once).
+BatchHandler = Callable[["Services", list[OutboxJob], dict[str, Any]], dict[int, Exception | None]]
 HANDLERS: dict[str, Handler] = {}
 DEAD_HANDLERS: dict[str, DeadHandler] = {}
+BATCH_HANDLERS: dict[str, BatchHandler] = {}
+# Batch kinds run in this order within a claimed batch (the order's update before the e-mail
+# that shows it); kinds not listed run after them.
+BATCH_ORDER: list[str] = []
+# last_error of a job that failed only because a dependency did not answer: the worker pulls
+# such jobs forward once the dependency answers again (bridge/worker.py).
+UNAVAILABLE_PREFIX = "Directus unavailable"
 
 
 class RetryLater(Exception):
@@ -74,6 +85,27 @@ class RetryLater(Exception):
 
 class GiveUp(Exception):
     """The job can never succeed: it is dead at once (on_dead handlers still run)."""
+
+
+class DirectusDown(RetryLater):
+    """Directus did not answer at all: retried, and the worker stops sending Directus work
+    until Directus answers again (then these jobs are pulled forward)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{UNAVAILABLE_PREFIX}: {message}")
+
+
+def batch_handler(kind: str) -> Callable[[BatchHandler], BatchHandler]:
+    """Register the function that does several jobs of `kind` at once (the worker uses it
+    for the jobs of a claimed batch; `run_job` keeps using the single handler)."""
+
+    def register(func: BatchHandler) -> BatchHandler:
+        BATCH_HANDLERS[kind] = func
+        if kind not in BATCH_ORDER:
+            BATCH_ORDER.append(kind)
+        return func
+
+    return register
 
 
 def handler(kind: str) -> Callable[[Handler], Handler]:
@@ -200,27 +232,140 @@ def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str
             return job.state if job is not None else "missing"
         session.expunge(job)
     func = HANDLERS.get(job.kind)
-    error: str | None = None
-    delay: float | None = None
-    give_up = False
+    outcome: Exception | None = None
     try:
         if func is None:
             raise GiveUp(f"no handler for job kind {job.kind!r}")
         # Every log line of the job names it and its refund.
         with logs.bound(refund_id=job.refund_id, job_id=job.id, job_kind=job.kind):
             func(services, job)
-    except RetryLater as exc:
-        error, delay = str(exc) or "retry later", exc.delay
-    except GiveUp as exc:
-        error, give_up = str(exc) or "gave up", True
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - every failure is the job's outcome (finish)
+        outcome = exc
+    return finish(services, job, owner, outcome)
+
+
+def finish(services: Services, job: OutboxJob, owner: str, outcome: Exception | None) -> str:
+    """Record how an attempt of `job` ended (None: done; RetryLater, GiveUp, or any other
+    exception, which is a retry and is logged); return the job's state afterwards."""
+    error: str | None = None
+    delay: float | None = None
+    give_up = False
+    if isinstance(outcome, RetryLater):
+        error, delay = str(outcome) or "retry later", outcome.delay
+    elif isinstance(outcome, GiveUp):
+        error, give_up = str(outcome) or "gave up", True
+    elif outcome is not None:
+        error = f"{type(outcome).__name__}: {outcome}"
         log.warning(
             "outbox job failed",
-            exc_info=True,
+            exc_info=outcome,
             extra={"job_id": job.id, "kind": job.kind, "refund_id": job.refund_id},
         )
     return _finish(services, job, owner, error=error, delay=delay, give_up=give_up)
+
+
+def finish_done(services: Services, jobs: list[OutboxJob], owner: str) -> list[int]:
+    """Mark jobs done in one transaction (a batch that succeeded); return the ids recorded
+    (a job whose lease another worker took meanwhile is left to it)."""
+    if not jobs:
+        return []
+    now = utcnow()
+    ids = [job.id for job in jobs]
+    with services.store.session() as session:
+        done = list(
+            session.scalars(
+                update(OutboxJob)
+                .where(
+                    OutboxJob.id.in_(ids),
+                    OutboxJob.locked_by == owner,
+                    OutboxJob.state == OutboxState.PENDING,
+                )
+                .values(
+                    state=OutboxState.DONE,
+                    attempts=OutboxJob.attempts + 1,
+                    locked_by=None,
+                    locked_until=None,
+                    updated_at=now,
+                    done_at=now,
+                    last_error=None,
+                )
+                .returning(OutboxJob.id)
+            )
+        )
+    kinds = {job.id: job.kind for job in jobs}
+    for job_id in done:
+        metrics.outbox_job_run(kinds[job_id], OutboxState.DONE)
+    return done
+
+
+def run_batch(
+    services: Services,
+    job_ids: list[int],
+    *,
+    owner: str,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[dict[int, str], bool]:
+    """Do claimed jobs: those of kinds with a batch handler together, kind by kind in
+    BATCH_ORDER, then the rest one by one. Return each job's state afterwards, and whether
+    a batch found Directus down (`DirectusDown`). Jobs not started because `should_stop()`
+    turned true are handed back (their leases cleared)."""
+    with services.store.session() as session:
+        jobs = list(
+            session.scalars(
+                select(OutboxJob)
+                .where(
+                    OutboxJob.id.in_(job_ids),
+                    OutboxJob.locked_by == owner,
+                    OutboxJob.state == OutboxState.PENDING,
+                )
+                .order_by(OutboxJob.id)
+            )
+        )
+        for job in jobs:
+            session.expunge(job)
+    states: dict[int, str] = {}
+    context: dict[str, Any] = {"jobs": jobs}
+    for kind in BATCH_ORDER:
+        group = [job for job in jobs if job.kind == kind]
+        if not group:
+            continue
+        if should_stop():
+            break
+        states.update(_run_group(services, kind, group, owner, context))
+    for job in jobs:
+        if job.id in states or job.kind in BATCH_HANDLERS:
+            continue
+        if should_stop():
+            break
+        states[job.id] = run_job(services, job.id, owner=owner)
+    left = [job_id for job_id in job_ids if job_id not in states]
+    if left:
+        release_leases(services, owner, left)
+    return states, bool(context.get("directus_down"))
+
+
+def _run_group(
+    services: Services, kind: str, jobs: list[OutboxJob], owner: str, context: dict[str, Any]
+) -> dict[int, str]:
+    try:
+        outcomes = BATCH_HANDLERS[kind](services, jobs, context)
+    except Exception as exc:  # noqa: BLE001 - the batch handler failed: every job gets that
+        outcomes = {job.id: exc for job in jobs}
+    if any(isinstance(outcome, DirectusDown) for outcome in outcomes.values()):
+        context["directus_down"] = True
+    states: dict[int, str] = {}
+    succeeded = [job for job in jobs if outcomes.get(job.id, RetryLater("no outcome")) is None]
+    for job_id in finish_done(services, succeeded, owner):
+        states[job_id] = OutboxState.DONE
+    for job in jobs:
+        if job.id in states:
+            continue
+        outcome = outcomes.get(job.id, RetryLater("the batch gave no outcome"))
+        if outcome is None:
+            states[job.id] = "lost_lease"
+            continue
+        states[job.id] = finish(services, job, owner, outcome)
+    return states
 
 
 def _finish(
@@ -282,6 +427,25 @@ def _finish(
     return state
 
 
+def mark_done(session: Session, job_id: int, *, owner: str) -> None:
+    """Record a leased job done in the caller's transaction (its work was done in that same
+    transaction, so the two commit together or not at all)."""
+    now = utcnow()
+    session.execute(
+        update(OutboxJob)
+        .where(OutboxJob.id == job_id, OutboxJob.locked_by == owner)
+        .values(
+            state=OutboxState.DONE,
+            attempts=OutboxJob.attempts + 1,
+            locked_by=None,
+            locked_until=None,
+            updated_at=now,
+            done_at=now,
+            last_error=None,
+        )
+    )
+
+
 def run_now(services: Services, job_id: int | None, *, owner: str) -> str | None:
     """Try a job the caller holds the lease of (enqueued with `lease_to=owner`) right away."""
     if job_id is None:
@@ -302,6 +466,23 @@ def drain(services: Services, *, limit: int | None = None, batch: int = 20) -> i
             run_job(services, job_id, owner=owner)
             ran += 1
     return ran
+
+
+def pull_forward(services: Services, error_prefix: str) -> int:
+    """Make due now the pending jobs whose last attempt failed with `error_prefix` (a
+    dependency that answers again); return how many."""
+    now = utcnow()
+    with services.store.session() as session:
+        result = session.execute(
+            update(OutboxJob)
+            .where(
+                OutboxJob.state == OutboxState.PENDING,
+                OutboxJob.next_attempt_at > now,
+                OutboxJob.last_error.startswith(error_prefix, autoescape=True),
+            )
+            .values(next_attempt_at=now)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def pending_count(session: Session) -> int:

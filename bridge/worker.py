@@ -65,11 +65,20 @@ HANDLER_MODULES: tuple[str, ...] = (
     "bridge.notify",
     "bridge.webhooks.inbox",
     "bridge.stripe_check",
+    "bridge.directus_batch",
 )
 
 # Any constant shared by the processes that migrate the same PostgreSQL database.
 MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
-BATCH_SIZE = 20
+# Jobs claimed at once: the Directus kinds of a batch share one read and one write per
+# collection (bridge/directus_batch.py), so a bigger batch is fewer requests per event.
+BATCH_SIZE = 100
+# While Directus does not answer, its jobs are not sent; it is pinged this often instead.
+DIRECTUS_PROBE_SECONDS = 2.0
+# The job kinds that need Directus (paused while it is down).
+DIRECTUS_KINDS = frozenset(
+    {"apply_order", "project_refund", "notify_result", "alert_admins", "resolve_event"}
+)
 STALE_SCAN_MAX_SECONDS = 60.0
 HOUSEKEEPING_EVERY = timedelta(hours=24)
 HOUSEKEEPING_FIRST_DELAY = timedelta(minutes=1)
@@ -250,6 +259,8 @@ class Worker:
         self._draining = threading.Lock()
         self._pause_until = 0.0
         self._store_failures = 0
+        self._directus_down = False
+        self._next_probe = 0.0
         self.scheduler: BackgroundScheduler | None = None
         self.jobs_run = 0
 
@@ -263,7 +274,8 @@ class Worker:
         try:
             if self.stopping.is_set() or time.monotonic() < self._pause_until:
                 return 0
-            if not outbox.is_due(self.services, kinds=self.kinds):
+            kinds = self._claimable_kinds()
+            if not outbox.is_due(self.services, kinds=kinds):
                 self._store_ok()
                 return 0
             while not self.stopping.is_set():
@@ -272,17 +284,20 @@ class Worker:
                     owner=self.owner,
                     limit=self.options.batch_size,
                     lease_seconds=self.options.lease_seconds,
-                    kinds=self.kinds,
+                    kinds=kinds,
                 )
                 if not ids:
                     break
-                for index, job_id in enumerate(ids):
-                    if self.stopping.is_set():
-                        outbox.release_leases(self.services, self.owner, ids[index:])
-                        break
-                    outbox.run_job(self.services, job_id, owner=self.owner)
-                    ran += 1
-                    self.jobs_run += 1
+                states, directus_down = outbox.run_batch(
+                    self.services, ids, owner=self.owner, should_stop=self.stopping.is_set
+                )
+                ran += len(states)
+                self.jobs_run += len(states)
+                if directus_down and not self._directus_down:
+                    self._directus_down = True
+                    self._next_probe = time.monotonic() + DIRECTUS_PROBE_SECONDS
+                    log.warning("Directus does not answer: its jobs wait until it does")
+                    kinds = self._claimable_kinds()
             self._store_ok()
         except SQLAlchemyError as exc:
             self._store_failed(exc)
@@ -291,6 +306,21 @@ class Worker:
         finally:
             self._draining.release()
         return ran
+
+    def _claimable_kinds(self) -> tuple[str, ...]:
+        """Every kind this worker handles; without the Directus ones while Directus is down
+        (pinged every DIRECTUS_PROBE_SECONDS; once it answers, the jobs that failed for
+        want of it are due at once instead of after their backoff)."""
+        if not self._directus_down:
+            return self.kinds
+        if time.monotonic() >= self._next_probe:
+            if self.services.directus.ping():
+                self._directus_down = False
+                pulled = outbox.pull_forward(self.services, outbox.UNAVAILABLE_PREFIX)
+                log.info("Directus answers again: %d waiting job(s) are due now", pulled)
+                return self.kinds
+            self._next_probe = time.monotonic() + DIRECTUS_PROBE_SECONDS
+        return tuple(kind for kind in self.kinds if kind not in DIRECTUS_KINDS)
 
     def renew_leases(self) -> None:
         try:

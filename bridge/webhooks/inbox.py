@@ -32,7 +32,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bridge import ledger, outbox, stripe_check
+from bridge import ledger, metrics, outbox, stripe_check
 from bridge.alerts import enqueue_admin_alert
 from bridge.db import lock_order
 from bridge.models import (
@@ -160,6 +160,75 @@ def record(
     except SQLAlchemyError as exc:
         log.error("the inbox could not record a webhook: %s", type(exc).__name__)
         raise InboxUnavailable(type(exc).__name__) from exc
+
+
+def record_and_process(
+    services: Services,
+    *,
+    webhook_id: str,
+    payload: dict[str, Any],
+    raw_body: bytes,
+    headers: dict[str, str],
+    owner: str,
+) -> Recorded:
+    """`record`, and in the same transaction the `process_event` job's work (matching and
+    applying to the ledger, local only), the job then recorded done: one write transaction
+    per webhook instead of four, which is what the single SQLite writer makes the webhook's
+    answer wait for. The work runs under a savepoint: if it fails, the event is still
+    recorded with its job leased to `owner`, as `record` leaves it (`process_inline` then
+    tries it again, and the worker after the lease). Raises InboxUnavailable."""
+    key = dedupe_key(payload)
+    processed = False
+    try:
+        with services.store.session() as session:
+            existing = session.scalar(
+                select(InboxEvent.id)
+                .where(or_(InboxEvent.webhook_id == webhook_id, InboxEvent.dedupe_key == key))
+                .limit(1)
+            )
+            if existing is not None:
+                return Recorded(existing, duplicate=True)
+            event = InboxEvent(
+                webhook_id=webhook_id,
+                dedupe_key=key,
+                ridendine_refund_id=payload["refund_id"],
+                external_order_id=payload["external_order_id"],
+                amount_cents=payload["amount_cents"],
+                status=payload["status"],
+                payload=payload,
+                raw_body=raw_body,
+                headers=headers,
+                state=InboxState.RECEIVED,
+                attempts=0,
+                received_at=utcnow(),
+            )
+            session.add(event)
+            session.flush()
+            event_id = event.id
+            job_id = outbox.enqueue(
+                session,
+                JOB_PROCESS_EVENT,
+                f"event:{event.id}",
+                payload={"event_id": event.id},
+                lease_to=owner,
+            )
+            if job_id is not None:
+                try:
+                    with session.begin_nested():
+                        _process(services, session, event)
+                        outbox.mark_done(session, job_id, owner=owner)
+                    processed = True
+                except Exception:
+                    log.exception("processing inbox event %s while recording failed", event_id)
+    except IntegrityError:
+        # A concurrent delivery of the same event won the unique constraint.
+        return Recorded(None, duplicate=True)
+    except SQLAlchemyError as exc:
+        log.error("the inbox could not record a webhook: %s", type(exc).__name__)
+        raise InboxUnavailable(type(exc).__name__) from exc
+    if processed:
+        metrics.outbox_job_run(JOB_PROCESS_EVENT, "done")
+    return Recorded(event_id, duplicate=False, job_id=None if processed else job_id)
 
 
 def process_inline(services: Services, recorded: Recorded, *, owner: str) -> None:
@@ -336,16 +405,21 @@ def _process_event(services: Services, job: OutboxJob) -> None:
         event = _load_event(session, job)
         if event.state != InboxState.RECEIVED:
             return
-        event.attempts += 1
-        lock_order(session, event.external_order_id)
-        refund = match_local(session, event)
-        if refund is not None:
-            _apply(session, event, refund, services=services)
-            return
-        event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
-        outbox.enqueue(
-            session, JOB_RESOLVE_EVENT, f"resolve:{event.id}", payload={"event_id": event.id}
-        )
+        _process(services, session, event)
+
+
+def _process(services: Services, session: Session, event: InboxEvent) -> None:
+    """The `process_event` job's work on a RECEIVED event, in the caller's transaction."""
+    event.attempts += 1
+    lock_order(session, event.external_order_id)
+    refund = match_local(session, event)
+    if refund is not None:
+        _apply(session, event, refund, services=services)
+        return
+    event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
+    outbox.enqueue(
+        session, JOB_RESOLVE_EVENT, f"resolve:{event.id}", payload={"event_id": event.id}
+    )
 
 
 @outbox.handler(JOB_RESOLVE_EVENT)

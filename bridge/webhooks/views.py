@@ -29,7 +29,7 @@ def refund_status() -> tuple[dict[str, Any], int]:
         headers["x-request-id"] = g.request_id
     owner = inbox.new_owner("webhook")
     try:
-        recorded = inbox.record(
+        recorded = inbox.record_and_process(
             services,
             webhook_id=webhook_id,
             payload=payload,
