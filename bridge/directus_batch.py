@@ -31,7 +31,7 @@ from sqlalchemy.orm import selectinload
 
 from bridge import ledger, logs, outbox
 from bridge.models import OutboxJob, Refund, RefundStatus
-from bridge.notify import JOB_NOTIFY_RESULT, result_body, trigger_flow
+from bridge.notify import JOB_NOTIFY_RESULT, refund_result_flow_id, result_body, trigger_flow
 from bridge.order_status import (
     JOB_APPLY_ORDER,
     _alert_over_refund,
@@ -275,6 +275,7 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
         return outcomes
     try:
         orders = batch_orders(services, context)
+        refund_result_flow_id(services)  # once, before the calls that share it
         bodies = [
             (job, result_body(services, refund, orders.get(refund.order_id)))
             for job, refund in calls
