@@ -30,7 +30,7 @@ from bridge.models import Refund, RefundSource, RefundStatus, RefundStatusChange
 from bridge.projection import refund_item
 
 AMOUNT_CENTS = 5000
-SEED_CHUNK = 250
+SEED_CHUNK = 1000
 POLL_SECONDS = 0.25
 BASELINE_USER_AGENT = "refund-bridge-bench-baseline"
 POLL_USER_AGENT = "refund-bridge-bench-poll"
@@ -292,8 +292,8 @@ class Bench:
     # -- scenarios -------------------------------------------------------------------------
 
     def wait_timeout(self, n: int) -> float:
-        # Bounded: a bridge slower than 10 events/s fails the run rather than stalling it.
-        return 120.0 + n * 0.1
+        # Bounded: a bridge slower than 5 events/s fails the run rather than stalling it.
+        return 120.0 + n * 0.2
 
     def webhook_ingest(self, n: int, label: str = "ingest") -> dict[str, Any]:
         """Scenario 1: N signed REFUNDED webhooks at the configured concurrency."""

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # Ids per Directus request (a filter `_in` of 100 ids stays a short URL).
 CHUNK = 100
-FLOW_CALLS_AT_ONCE = 4
+FLOW_CALLS_AT_ONCE = 8
 Outcomes = dict[int, Exception | None]
 
 

@@ -72,7 +72,7 @@ HANDLER_MODULES: tuple[str, ...] = (
 MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
 # Jobs claimed at once: the Directus kinds of a batch share one read and one write per
 # collection (bridge/directus_batch.py), so a bigger batch is fewer requests per event.
-BATCH_SIZE = 100
+BATCH_SIZE = 300
 # While Directus does not answer, its jobs are not sent; it is pinged this often instead.
 DIRECTUS_PROBE_SECONDS = 2.0
 # The job kinds that need Directus (paused while it is down).
