@@ -47,7 +47,8 @@ def _run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
             "bind": bind,
             "workers": workers,
             "threads": threads,
-            "worker_class": "gthread",
+            # gthread that gives its threads only whole requests (slow clients cost no thread).
+            "worker_class": "bridge.gunicorn_worker.BufferingThreadWorker",
             "loglevel": log_level.lower(),
             "timeout": 30,
             "graceful_timeout": 20,
