@@ -333,6 +333,7 @@ def start(stack: Stack) -> None:
         + run_setup(stack, "schema apply", ["schema", "apply", "--with-demo-orders"], env)
     )
     step("flows sync: " + run_setup(stack, "flows sync", ["flows", "sync"], env))
+    step("dashboard sync: " + run_setup(stack, "dashboard sync", ["dashboard", "sync"], env))
     client = DirectusClient(stack.directus_url, stack.directus.admin_token)
     try:
         created = demo.seed(client).created
