@@ -88,7 +88,15 @@ def serve(bind: str, workers: int, threads: int, no_migrate: bool) -> None:
 
     settings = settings_from_env()
     _prepare_store(settings, migrate=not no_migrate)
-    gunicorn_app.run(bind=bind, workers=workers, threads=threads, log_level=settings.log_level)
+    from bridge.logs import secrets_of
+
+    gunicorn_app.run(
+        bind=bind,
+        workers=workers,
+        threads=threads,
+        log_level=settings.log_level,
+        secrets=secrets_of(settings),  # redacted from gunicorn's own lines too
+    )
 
 
 @main.group()

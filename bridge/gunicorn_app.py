@@ -29,16 +29,20 @@ def _child_exit(_server: Any, worker: Any) -> None:
     metrics.mark_process_dead(worker.pid)
 
 
-def run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
+def run(
+    *, bind: str, workers: int, threads: int, log_level: str, secrets: tuple[str, ...] = ()
+) -> None:
     from bridge import metrics
 
     # The workers share their metrics through files in this directory (bridge/metrics.py):
     # made before they are forked, removed when the server stops.
     with metrics.multiprocess_dir():
-        _run(bind=bind, workers=workers, threads=threads, log_level=log_level)
+        _run(bind=bind, workers=workers, threads=threads, log_level=log_level, secrets=secrets)
 
 
-def _run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
+def _run(
+    *, bind: str, workers: int, threads: int, log_level: str, secrets: tuple[str, ...] = ()
+) -> None:
     from bridge.logs import gunicorn_logconfig
 
     BridgeServer(
@@ -55,6 +59,6 @@ def _run(*, bind: str, workers: int, threads: int, log_level: str) -> None:
             "keepalive": 5,
             "accesslog": None,
             # gunicorn's own lines as JSON too; the app writes the access lines.
-            "logconfig_dict": gunicorn_logconfig(log_level),
+            "logconfig_dict": gunicorn_logconfig(log_level, secrets),
         }
     ).run()

@@ -222,10 +222,11 @@ def configure_logging(level: str = "INFO", settings: Settings | None = None) -> 
     root.setLevel(level)
 
 
-def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
+def gunicorn_logconfig(level: str = "INFO", secrets: Iterable[str] = ()) -> dict[str, Any]:
     """gunicorn's `logconfig_dict`: its own lines (master, worker boots and exits) as JSON on
     stderr too, so that everything `serve` prints is one JSON object per line. Its access log
-    stays off: the app writes its own access lines."""
+    stays off: the app writes its own access lines. `secrets` are redacted from its lines like
+    from the app's (at DEBUG, gunicorn prints request lines, which may carry a token)."""
     handler = {
         "class": "logging.StreamHandler",
         "formatter": "json",
@@ -236,7 +237,7 @@ def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "filters": {"redact": {"()": RedactingFilter}},
+        "filters": {"redact": {"()": RedactingFilter, "secrets": list(secrets)}},
         "handlers": {"console": handler, "error_console": handler},
         "root": {"level": level.upper(), "handlers": []},
         "loggers": {

@@ -56,6 +56,10 @@ class FaultStack:
     web: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     kills: Counter[str] = field(default_factory=Counter)
+    # The secrets the sandbox uses, and settings over the defaults (tests/test_attacks_secrets).
+    ridendine_key: str = RIDENDINE_KEY
+    webhook_secret: str = WEBHOOK_SECRET
+    env_overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -80,6 +84,7 @@ class FaultStack:
             "BRIDGE_RIDENDINE_TIMEOUT_SECONDS": "2",
             "BRIDGE_WORKER_POLL_SECONDS": "0.2",
             "BRIDGE_WORKER_LEASE_SECONDS": "5",
+            **self.env_overrides,
         }
 
     # -- processes ---------------------------------------------------------------------------
@@ -87,8 +92,8 @@ class FaultStack:
     def start(self) -> FaultStack:
         self.proxy = FaultProxy("127.0.0.1", self.directus.port).start()
         self.sandbox = SandboxProcess(
-            api_key=RIDENDINE_KEY,
-            webhook_secret=WEBHOOK_SECRET,
+            api_key=self.ridendine_key,
+            webhook_secret=self.webhook_secret,
             delay_seconds=0.2,
             bridge_webhook_url=f"{self.url}{WEBHOOK_PATH}",
             extra_env={
