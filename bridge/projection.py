@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bridge import outbox
-from bridge.ledger import history_to_list, iso
+from bridge.ledger import history_to_list, refund_to_dict
 from bridge.models import OutboxJob, Refund
 from directus_client import InvalidForeignKeyError, NotFoundError, RecordNotUniqueError
 
@@ -48,29 +48,11 @@ REFUND_ITEM_FIELDS = (
 
 
 def refund_item(refund: Refund) -> dict[str, Any]:
-    """The Directus item for a refund (`order_id` is the M2O to the order)."""
-    return {
-        "id": refund.id,
-        "order_id": refund.order_id,
-        "ridendine_order_id": refund.ridendine_order_id,
-        "amount_cents": refund.amount_cents,
-        "refunded_amount_cents": refund.refunded_amount_cents,
-        "currency": refund.currency,
-        "reason": refund.reason,
-        "reason_comments": refund.reason_comments,
-        "requested_by": refund.requested_by,
-        "requested_by_user": refund.requested_by_user,
-        "items": refund.items,
-        "status": refund.status,
-        "ridendine_refund_id": refund.ridendine_refund_id,
-        "source": refund.source,
-        "needs_review": refund.needs_review,
-        "review_reason": refund.review_reason,
-        "failure_reason": refund.failure_reason,
-        "status_history": history_to_list(refund),
-        "created_at": iso(refund.created_at),
-        "updated_at": iso(refund.updated_at),
-    }
+    """The Directus item for a refund: the API's fields (`order_id` is the many-to-one to the
+    order there) with the history as `status_history`."""
+    item = refund_to_dict(refund)
+    item["status_history"] = history_to_list(refund)
+    return item
 
 
 def enqueue_projection(

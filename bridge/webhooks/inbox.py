@@ -117,66 +117,17 @@ def record(
     raw_body: bytes,
     headers: dict[str, str],
     owner: str,
+    process: bool = False,
 ) -> Recorded:
-    """Record a verified, valid event with its processing job leased to `owner`; recognise a
-    duplicate. Raises InboxUnavailable when the store cannot record it."""
-    key = dedupe_key(payload)
-    try:
-        with services.store.session() as session:
-            existing = session.scalar(
-                select(InboxEvent.id)
-                .where(or_(InboxEvent.webhook_id == webhook_id, InboxEvent.dedupe_key == key))
-                .limit(1)
-            )
-            if existing is not None:
-                return Recorded(existing, duplicate=True)
-            event = InboxEvent(
-                webhook_id=webhook_id,
-                dedupe_key=key,
-                ridendine_refund_id=payload["refund_id"],
-                external_order_id=payload["external_order_id"],
-                amount_cents=payload["amount_cents"],
-                status=payload["status"],
-                payload=payload,
-                raw_body=raw_body,
-                headers=headers,
-                state=InboxState.RECEIVED,
-                attempts=0,
-                received_at=utcnow(),
-            )
-            session.add(event)
-            session.flush()
-            job_id = outbox.enqueue(
-                session,
-                JOB_PROCESS_EVENT,
-                f"event:{event.id}",
-                payload={"event_id": event.id},
-                lease_to=owner,
-            )
-            return Recorded(event.id, duplicate=False, job_id=job_id)
-    except IntegrityError:
-        # A concurrent delivery of the same event won the unique constraint.
-        return Recorded(None, duplicate=True)
-    except SQLAlchemyError as exc:
-        log.error("the inbox could not record a webhook: %s", type(exc).__name__)
-        raise InboxUnavailable(type(exc).__name__) from exc
+    """Record a verified, valid event with its `process_event` job leased to `owner`, or
+    recognise a duplicate. Raises InboxUnavailable when the store cannot record it.
 
-
-def record_and_process(
-    services: Services,
-    *,
-    webhook_id: str,
-    payload: dict[str, Any],
-    raw_body: bytes,
-    headers: dict[str, str],
-    owner: str,
-) -> Recorded:
-    """`record`, and in the same transaction the `process_event` job's work (matching and
-    applying to the ledger, local only), the job then recorded done: one write transaction
-    per webhook instead of four, which is what the single SQLite writer makes the webhook's
-    answer wait for. The work runs under a savepoint: if it fails, the event is still
-    recorded with its job leased to `owner`, as `record` leaves it (`process_inline` then
-    tries it again, and the worker after the lease). Raises InboxUnavailable."""
+    With `process`, the job's work (matching and applying to the ledger, local only) runs in
+    the same transaction and the job is recorded done: one write transaction per webhook
+    instead of four, which is what the single SQLite writer makes the webhook's answer wait
+    for. That work runs under a savepoint: if it fails, the event is still recorded with its
+    job leased to `owner` (`process_inline` then tries it again, and the worker after the
+    lease)."""
     key = dedupe_key(payload)
     processed = False
     try:
@@ -212,7 +163,7 @@ def record_and_process(
                 payload={"event_id": event.id},
                 lease_to=owner,
             )
-            if job_id is not None:
+            if process and job_id is not None:
                 try:
                     with session.begin_nested():
                         _process(services, session, event)

@@ -29,13 +29,14 @@ def refund_status() -> tuple[dict[str, Any], int]:
         headers["x-request-id"] = g.request_id
     owner = inbox.new_owner("webhook")
     try:
-        recorded = inbox.record_and_process(
+        recorded = inbox.record(
             services,
             webhook_id=webhook_id,
             payload=payload,
             raw_body=raw_body,
             headers=headers,
             owner=owner,
+            process=True,
         )
     except inbox.InboxUnavailable:
         raise ServiceUnavailable(
