@@ -103,6 +103,9 @@ def world(
         cooco_directus.admin_token,
     )
     proxy.stop()
+    reliability.record(
+        "test_attacks_auth", path_tricks=len(TRICKS), directus_requests=len(proxy.requests)
+    )
 
 
 def problem(answer: Any, status: int, code: str) -> dict[str, Any]:
@@ -331,4 +334,3 @@ def test_path_tricks_in_order_ids(world: World, trick: str) -> None:
         path = unquote(target.split("?", 1)[0])
         assert path in ("/items/orders", "/users/me") or path.startswith("/users/"), line
         assert ".." not in path, line
-    reliability.record("test_attacks_auth", path_tricks=len(TRICKS))
