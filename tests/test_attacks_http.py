@@ -249,7 +249,7 @@ def test_slow_clients_do_not_stop_the_bridge(server: str, style: str) -> None:
         stop.set()
         for thread in threads:
             thread.join(5)
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < 2.0, latencies  # without the fix: no answer at all (5 s timeout)
     # The tricklers were cut off after the read limit, not served forever.
     assert len(dropped) >= 50, dropped
     assert min(dropped) >= REQUEST_READ_SECONDS - 1
