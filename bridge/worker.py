@@ -26,6 +26,7 @@ one. On PostgreSQL any number: claims use `FOR UPDATE SKIP LOCKED` plus the leas
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import importlib
 import logging
@@ -451,7 +452,13 @@ def install_signal_handlers(worker: Worker) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def run_worker(settings: Settings, *, migrate: bool = True, once: bool = False) -> int:
+def run_worker(
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    once: bool = False,
+    batch_size: int | None = None,
+) -> int:
     """The `refund-bridge worker` process; returns its exit code (0 after a clean stop).
 
     Raises WorkerStartError with a one-line reason when it cannot start.
@@ -473,7 +480,10 @@ def run_worker(settings: Settings, *, migrate: bool = True, once: bool = False) 
         missing = import_handler_modules()
         # Process-wide, so only in the worker process (where jobs run out of retries).
         install_dead_fallback(tuple(sorted(outbox.HANDLERS)))
-        worker = Worker(services)
+        options = WorkerOptions.from_settings(settings)
+        if batch_size is not None:
+            options = dataclasses.replace(options, batch_size=batch_size)
+        worker = Worker(services, options)
         log.info(
             "worker %s started",
             worker.owner,

@@ -81,7 +81,11 @@ def stop_all(workers: list[WorkerProcess]) -> list[int]:
 def test_three_workers_drain_500_jobs_each_exactly_once(
     store: db.Store, env: dict[str, str], tmp_path: Path
 ) -> None:
-    workers = [WorkerProcess(env, str(tmp_path / f"w{i}.log")) for i in range(3)]
+    # Small batches, so that the three workers really compete for the 500 jobs (with the
+    # default batch of 300, two workers could take them all).
+    workers = [
+        WorkerProcess(env, str(tmp_path / f"w{i}.log"), "--batch-size", "20") for i in range(3)
+    ]
     try:
         for worker in workers:
             worker.wait_started()
