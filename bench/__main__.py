@@ -59,8 +59,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(stack: BenchStack, options: Options, *, say: Any = print) -> dict[str, Any]:
-    """Every chosen scenario on a running stack; returns the results with their targets."""
+def run(
+    stack: BenchStack, options: Options, *, say: Any = print, partial: Path | None = None
+) -> dict[str, Any]:
+    """Every chosen scenario on a running stack; returns the results with their targets.
+    With `partial`, the results so far are written there after each scenario (a run cut
+    short keeps what it measured)."""
     bench = Bench(stack, concurrency=options.concurrency)
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
@@ -96,6 +100,9 @@ def run(stack: BenchStack, options: Options, *, say: Any = print) -> dict[str, A
                 continue
             say(f"bench: {name} ... ({time.monotonic() - began:.0f}s)")
             results[name] = step()
+            if partial is not None:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         bench.close()
     results["seconds"] = round(time.monotonic() - began, 1)
@@ -152,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: the stack did not start: {exc}".splitlines()[0], file=sys.stderr)
         return 1
     try:
-        results = run(stack, options, say=lambda text: print(text, flush=True))
+        partial = args.out / "partial.json"
+        results = run(stack, options, say=lambda text: print(text, flush=True), partial=partial)
+        partial.unlink(missing_ok=True)
     finally:
         stack.stop()
         if not args.keep:

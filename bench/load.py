@@ -95,6 +95,8 @@ def run(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        # Joined in short waits: a Ctrl-C reaches the main thread (and the stack is stopped).
+        while thread.is_alive():
+            thread.join(0.5)
     result.seconds = time.perf_counter() - started
     return result

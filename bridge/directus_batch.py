@@ -52,8 +52,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Ids per Directus request (a filter `_in` of 100 ids stays a short URL).
+# Ids per read (a filter `_in` of 100 ids stays a short URL), items per batch write: Directus
+# updates a batch item by item in one transaction (revisions and activity for each), so a
+# batch of 100 took more than the 10 s read timeout under load, and the retry did it again.
 CHUNK = 100
+WRITE_CHUNK = 25
 FLOW_CALLS_AT_ONCE = 8
 Outcomes = dict[int, Exception | None]
 
@@ -199,7 +202,7 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         items = [{"id": order_id, **changes} for order_id, changes in writes.items()]
         try:
             updated: set[str] = set()
-            for part in _chunks(items):
+            for part in _chunks(items, WRITE_CHUNK):
                 rows = services.directus.update_batch(names.collection, part)
                 updated |= {str(row.get("id")) for row in rows}
         except DirectusUnavailableError as exc:
@@ -236,11 +239,11 @@ def project_refunds(services: Services, jobs: list[OutboxJob], context: dict[str
     client = services.directus
     try:
         updated: set[str] = set()
-        for part in _chunks(list(items.values())):
+        for part in _chunks(list(items.values()), WRITE_CHUNK):
             rows = client.update_batch(REFUNDS_COLLECTION, part)
             updated |= {str(row.get("id")) for row in rows}
         missing = [item for refund_id, item in items.items() if refund_id not in updated]
-        for part in _chunks(missing):
+        for part in _chunks(missing, WRITE_CHUNK):
             client.create_items(REFUNDS_COLLECTION, part)
     except DirectusUnavailableError as exc:
         down = _directus_error(exc)

@@ -77,6 +77,14 @@ def enqueue_projection(
 def upsert_refund_item(services: Services, refund: Refund) -> None:
     item = refund_item(refund)
     client = services.directus
+    if len(refund.history) <= 1:
+        # A refund just recorded has no item yet: create it at once (one request, not a
+        # PATCH that finds nothing and then the create); one that exists already is updated.
+        try:
+            client.create_item(REFUNDS_COLLECTION, item)
+            return
+        except RecordNotUniqueError:
+            pass
     try:
         client.update_item(
             REFUNDS_COLLECTION, refund.id, {k: v for k, v in item.items() if k != "id"}

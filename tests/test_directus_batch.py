@@ -2,7 +2,7 @@
 a webhook is applied to the ledger while it is answered; a claimed batch of results costs one
 read of the orders, one batch write per collection and one Flow call per result; one bad item
 does not hold up the others; while Directus does not answer, its jobs wait and run as soon as
-it answers again, without waiting out their backoff."""
+it answers again, without waiting out their backoff; a new refund's item is one request."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from flask import Flask
 from sqlalchemy import select
 
 import bridge.directus_batch  # noqa: F401 - registers the batch handlers, as the worker does
-from bridge import create_app, worker
-from bridge.models import InboxEvent, InboxState, OutboxJob, OutboxState, RefundStatus
+from bridge import create_app, ledger, worker
+from bridge.models import InboxEvent, InboxState, OutboxJob, OutboxState, Refund, RefundStatus
+from bridge.projection import upsert_refund_item
 from bridge.services import Services
 from bridge.worker import Worker, WorkerOptions
 from devstack.directus import DirectusServer
@@ -210,3 +211,26 @@ def test_while_directus_is_down_its_jobs_wait_then_run_as_soon_as_it_answers(
     with services.store.session() as session:
         done = session.scalars(select(OutboxJob.attempts).where(OutboxJob.state == "done")).all()
     assert sorted(done) == [1, 2, 2, 2]
+
+
+def test_a_new_refund_is_projected_with_one_request(
+    services: Services, directus_admin: DirectusClient, people: dict[str, Any]
+) -> None:
+    order = an_order(directus_admin, people)
+    refund = load_refund(services, make_pending_refund(services, order))
+    counted = count_requests(services.directus)
+
+    upsert_refund_item(services, refund)  # just recorded: created at once
+    assert counted == {"POST /items/refunds": 1}
+    upsert_refund_item(services, refund)  # already there (another job was first): updated
+    assert counted == {"POST /items/refunds": 2, "PATCH /items/refunds": 1}
+    with services.store.session() as session:
+        stored = session.get(Refund, refund.id)
+        assert stored is not None
+        ledger.flag_review(stored, "checked by the test", source="operator")
+    changed = load_refund(services, refund.id)
+    counted.clear()
+    upsert_refund_item(services, changed)  # a later change of a known refund: one PATCH
+    assert counted == {"PATCH /items/refunds": 1}
+    item = directus_admin.get_item("refunds", refund.id)
+    assert (item["status"], item["needs_review"]) == ("PENDING", True)
