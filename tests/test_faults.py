@@ -209,6 +209,10 @@ def test_directus_answering_500s(stack: FaultStack, people: dict[str, dict[str, 
         "directus_500",
         lambda: stack.proxy.set_mode("error500"),
         lambda: stack.proxy.set_mode("pass"),
+        # The proxy's 500s never reach Directus, but a Flow call already under way when the
+        # fault starts, or slower than the read timeout on a loaded machine, is retried: the
+        # e-mails are at least once (docs/reliability.md, known limits); repeats are counted.
+        exactly_once_mail=False,
     )
 
 
