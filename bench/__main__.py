@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -87,22 +88,29 @@ def run(
         },
     }
     began = time.monotonic()
+
+    def save(results: dict[str, Any]) -> None:
+        if partial is not None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(results, indent=2) + "\n")
+
+    def save_growth(so_far: dict[str, Any]) -> None:
+        save({**results, "growth": so_far})
+
     try:
         steps = (
             ("ingest", lambda: bench.webhook_ingest(options.n)),
             ("baseline", lambda: bench.baseline(options.n)),
             ("requests", lambda: bench.refund_requests(options.n)),
             ("backlog", lambda: bench.backlog(options.backlog, options.raw)),
-            ("growth", lambda: bench.growth(options.growth)),
+            ("growth", lambda: bench.growth(options.growth, on_step=save_growth)),
         )
         for name, step in steps:
             if name not in options.scenarios:
                 continue
             say(f"bench: {name} ... ({time.monotonic() - began:.0f}s)")
             results[name] = step()
-            if partial is not None:
-                partial.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps(results, indent=2) + "\n")
+            save(results)
     finally:
         bench.close()
     results["seconds"] = round(time.monotonic() - began, 1)
@@ -149,8 +157,16 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
     return options, args
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options, args = parse(argv)
+    # SIGTERM, and SIGINT even when started in the background (where a shell ignores it),
+    # stop the run through the clean-up below: every process of the stack is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="refund-bridge-bench-"))
     print(f"bench: starting the stack in {workdir} ...", flush=True)
     try:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -679,9 +679,16 @@ class Bench:
             "errors": len(writes.errors) + len(flows.errors),
         }
 
-    def growth(self, sizes: Sequence[int]) -> dict[str, Any]:
-        """Scenario 5: scenario 1 at each size; time per event must stay flat."""
-        runs = [self.webhook_ingest(n, label=f"growth{n}") for n in sizes]
+    def growth(
+        self, sizes: Sequence[int], on_step: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Scenario 5: scenario 1 at each size; time per event must stay flat. `on_step` gets
+        the runs so far after each size (a run cut short keeps them)."""
+        runs = []
+        for n in sizes:
+            runs.append(self.webhook_ingest(n, label=f"growth{n}"))
+            if on_step is not None:
+                on_step({"runs": list(runs), "complete": False})
         per_event = [run["seconds_per_event_ms"] for run in runs]
         smallest, largest = runs[0], runs[-1]
         return {

@@ -10,7 +10,8 @@ batch's jobs of that kind to a batch handler here instead of running them one by
   with an array), the ones Directus does not have are created in ONE batch POST; several jobs
   for the same refund are one write of its current state;
 - `notify_result`: the orders come from the same read; the Flow is called once per result (a
-  Flow takes one refund), up to FLOW_CALLS_AT_ONCE at a time.
+  Flow takes one refund), one call at a time, each job recorded done as soon as its call
+  answered (so a crash repeats at most one notification, as before).
 
 Each job ends as its single handler would have ended it (bridge/order_status.py,
 bridge/projection.py, bridge/notify.py): the same rules, GiveUp for the same reasons, RetryLater
@@ -23,14 +24,13 @@ handler, so that one bad item never holds up the others. Directus not answering 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from bridge import ledger, logs, outbox
-from bridge.models import OutboxJob, Refund, RefundStatus
+from bridge.models import OutboxJob, OutboxState, Refund, RefundStatus
 from bridge.notify import JOB_NOTIFY_RESULT, refund_result_flow_id, result_body, trigger_flow
 from bridge.order_status import (
     JOB_APPLY_ORDER,
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 # batch of 100 took more than the 10 s read timeout under load, and the retry did it again.
 CHUNK = 100
 WRITE_CHUNK = 25
-FLOW_CALLS_AT_ONCE = 8
 Outcomes = dict[int, Exception | None]
 
 
@@ -289,7 +288,11 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
         error = _directus_error(exc)
         return {**outcomes, **{job.id: error for job, _refund in calls}}
 
-    def call(job: OutboxJob, body: dict[str, Any]) -> Exception | None:
+    # One Flow call at a time, each recorded done as soon as it answered: a worker killed
+    # mid-batch repeats at most the one call it was making (three e-mails), as one job at a
+    # time did. (Calls made side by side would each be repeated after such a kill.)
+    finished: dict[int, str] = context.setdefault("finished", {})
+    for job, body in bodies:
         try:
             with logs.bound(refund_id=job.refund_id, job_id=job.id, job_kind=job.kind):
                 trigger_flow(services, body)
@@ -297,18 +300,15 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
                     "refund result notified",
                     extra={"refund_id": job.refund_id, "status": body["refund"]["status"]},
                 )
+        except outbox.RetryLater as exc:
+            if str(exc).startswith("the Flow could not be triggered: DirectusUnavailableError"):
+                exc = outbox.DirectusDown(str(exc))
+            outcomes[job.id] = exc
+            continue
         except Exception as exc:  # noqa: BLE001 - the job's outcome
-            return exc
-        return None
-
-    # The Flow is the one request per result that cannot be batched: a few at a time keep
-    # Directus busy while this process does its own bookkeeping.
-    with ThreadPoolExecutor(max_workers=FLOW_CALLS_AT_ONCE) as pool:
-        results = list(pool.map(lambda pair: call(*pair), bodies))
-    for (job, _body), result in zip(bodies, results, strict=True):
-        if isinstance(result, outbox.RetryLater) and str(result).startswith(
-            "the Flow could not be triggered: DirectusUnavailableError"
-        ):
-            result = outbox.DirectusDown(str(result))
-        outcomes[job.id] = result
+            outcomes[job.id] = exc
+            continue
+        recorded = outbox.finish_done(services, [job], context["owner"])
+        finished[job.id] = OutboxState.DONE if recorded else "lost_lease"
+        outcomes[job.id] = None
     return outcomes

@@ -324,7 +324,8 @@ def run_batch(
         for job in jobs:
             session.expunge(job)
     states: dict[int, str] = {}
-    context: dict[str, Any] = {"jobs": jobs}
+    # "finished": jobs a batch handler recorded itself as it went (their state here).
+    context: dict[str, Any] = {"jobs": jobs, "owner": owner, "finished": {}}
     for kind in BATCH_ORDER:
         group = [job for job in jobs if job.kind == kind]
         if not group:
@@ -354,7 +355,15 @@ def _run_group(
     if any(isinstance(outcome, DirectusDown) for outcome in outcomes.values()):
         context["directus_down"] = True
     states: dict[int, str] = {}
-    succeeded = [job for job in jobs if outcomes.get(job.id, RetryLater("no outcome")) is None]
+    finished: dict[int, str] = context.get("finished", {})
+    for job in jobs:
+        if job.id in finished:
+            states[job.id] = finished[job.id]
+    succeeded = [
+        job
+        for job in jobs
+        if job.id not in states and outcomes.get(job.id, RetryLater("no outcome")) is None
+    ]
     for job_id in finish_done(services, succeeded, owner):
         states[job_id] = OutboxState.DONE
     for job in jobs:
