@@ -71,6 +71,7 @@ class Settings:
     retention_days: int = 90
     worker_poll_seconds: float = 0.5
     worker_lease_seconds: int = 30
+    worker_flow_calls: int = 4
     # The Directus Flows (docs/directus.md).
     public_url: str = "http://127.0.0.1:8080"
     flow_service_token: str | None = None
@@ -247,6 +248,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_int(env, "BRIDGE_RETENTION_DAYS", 90, minimum=1),
         worker_poll_seconds=_float(env, "BRIDGE_WORKER_POLL_SECONDS", 0.5),
         worker_lease_seconds=_int(env, "BRIDGE_WORKER_LEASE_SECONDS", 30, minimum=5),
+        worker_flow_calls=_int(env, "BRIDGE_WORKER_FLOW_CALLS", 4, minimum=1),
         public_url=_url(env, "BRIDGE_PUBLIC_URL", required=False) or "http://127.0.0.1:8080",
         flow_service_token=_flow_service_token(env, api_tokens),
         metrics_token=env.get("BRIDGE_METRICS_TOKEN", "").strip() or None,

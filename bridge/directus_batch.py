@@ -10,8 +10,9 @@ batch's jobs of that kind to a batch handler here instead of running them one by
   with an array), the ones Directus does not have are created in ONE batch POST; several jobs
   for the same refund are one write of its current state;
 - `notify_result`: the orders come from the same read; the Flow is called once per result (a
-  Flow takes one refund), one call at a time, each job recorded done as soon as its call
-  answered (so a crash repeats at most one notification, as before).
+  Flow takes one refund), `BRIDGE_WORKER_FLOW_CALLS` calls at a time (4), each job recorded
+  done as soon as its call answered, so a worker killed mid-batch repeats at most the calls it
+  had under way.
 
 Each job ends as its single handler would have ended it (bridge/order_status.py,
 bridge/projection.py, bridge/notify.py): the same rules, GiveUp for the same reasons, RetryLater
@@ -24,6 +25,7 @@ handler, so that one bad item never holds up the others. Directus not answering 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -288,11 +290,13 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
         error = _directus_error(exc)
         return {**outcomes, **{job.id: error for job, _refund in calls}}
 
-    # One Flow call at a time, each recorded done as soon as it answered: a worker killed
-    # mid-batch repeats at most the one call it was making (three e-mails), as one job at a
-    # time did. (Calls made side by side would each be repeated after such a kill.)
+    # The Flow is the one request per result that cannot be batched. A few calls at a time
+    # keep Directus busy (its Flow mostly waits on SMTP); each job is recorded done as soon as
+    # its call answered, so a worker killed mid-batch repeats at most the calls under way
+    # (BRIDGE_WORKER_FLOW_CALLS; 1 is one at a time).
     finished: dict[int, str] = context.setdefault("finished", {})
-    for job, body in bodies:
+
+    def call(job: OutboxJob, body: dict[str, Any]) -> Exception | None:
         try:
             with logs.bound(refund_id=job.refund_id, job_id=job.id, job_kind=job.kind):
                 trigger_flow(services, body)
@@ -302,13 +306,20 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
                 )
         except outbox.RetryLater as exc:
             if str(exc).startswith("the Flow could not be triggered: DirectusUnavailableError"):
-                exc = outbox.DirectusDown(str(exc))
-            outcomes[job.id] = exc
-            continue
+                return outbox.DirectusDown(str(exc))
+            return exc
         except Exception as exc:  # noqa: BLE001 - the job's outcome
-            outcomes[job.id] = exc
-            continue
+            return exc
         recorded = outbox.finish_done(services, [job], context["owner"])
         finished[job.id] = OutboxState.DONE if recorded else "lost_lease"
-        outcomes[job.id] = None
+        return None
+
+    calls_at_once = max(1, services.settings.worker_flow_calls)
+    if calls_at_once == 1 or len(bodies) == 1:
+        results = [call(job, body) for job, body in bodies]
+    else:
+        with ThreadPoolExecutor(max_workers=min(calls_at_once, len(bodies))) as pool:
+            results = list(pool.map(lambda pair: call(*pair), bodies))
+    for (job, _body), result in zip(bodies, results, strict=True):
+        outcomes[job.id] = result
     return outcomes

@@ -28,6 +28,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from bridge import logs, metrics
 from bridge.models import OutboxJob, OutboxState, utcnow
@@ -453,6 +454,60 @@ def mark_done(session: Session, job_id: int, *, owner: str) -> None:
             last_error=None,
         )
     )
+
+
+def _free_or_held_by(owner: str | None) -> ColumnElement[bool]:
+    if owner is None:
+        return OutboxJob.locked_by.is_(None)
+    return or_(OutboxJob.locked_by.is_(None), OutboxJob.locked_by == owner)
+
+
+def pending_job_ids(
+    session: Session, kind: str, refund_id: str | None, *, owner: str | None, exclude: int
+) -> list[int]:
+    """The refund's pending jobs of `kind` that nobody else holds: the ones a run of a job that
+    does the same work from the current state may complete (`complete_superseded`)."""
+    if refund_id is None:
+        return []
+    holder = _free_or_held_by(owner)
+    return list(
+        session.scalars(
+            select(OutboxJob.id).where(
+                OutboxJob.kind == kind,
+                OutboxJob.refund_id == refund_id,
+                OutboxJob.state == OutboxState.PENDING,
+                OutboxJob.id != exclude,
+                holder,
+            )
+        )
+    )
+
+
+def complete_superseded(services: Services, job_ids: list[int], *, owner: str | None) -> int:
+    """Record done the jobs whose work another job just did (see `pending_job_ids`); one that a
+    worker claimed meanwhile is left to it (it does the same work again, harmlessly)."""
+    if not job_ids:
+        return 0
+    now = utcnow()
+    holder = _free_or_held_by(owner)
+    with services.store.session() as session:
+        done = list(
+            session.scalars(
+                update(OutboxJob)
+                .where(OutboxJob.id.in_(job_ids), OutboxJob.state == OutboxState.PENDING, holder)
+                .values(
+                    state=OutboxState.DONE,
+                    locked_by=None,
+                    locked_until=None,
+                    updated_at=now,
+                    done_at=now,
+                    last_error="superseded: a later run did the same work",
+                )
+                .returning(OutboxJob.id)
+            )
+        )
+    # Not counted in the job-run metrics: these jobs never ran (their attempts stay 0).
+    return len(done)
 
 
 def run_now(services: Services, job_id: int | None, *, owner: str) -> str | None:

@@ -1,13 +1,20 @@
 """The ledger projected into Directus's `refunds` collection (one item per refund).
 
 The item's primary key is the refund id, so the projection is an upsert: PATCH, and create when
-Directus says the item does not exist. It is an outbox job (`project_refund`), so a refund
-recorded while Directus is down shows up in Directus when it is back.
+Directus says the item does not exist (or create first, when no projection of the refund has
+been done yet). It is an outbox job (`project_refund`), so a refund recorded while Directus is
+down shows up in Directus when it is back.
+
+A projection writes the ledger's state as read when it runs, so it also does the work of every
+projection job of the same refund queued before that read: those are recorded done with it
+(`outbox.complete_superseded`) instead of writing the same item again.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
 
 from bridge import outbox
 from bridge.ledger import history_to_list, refund_to_dict
@@ -74,12 +81,13 @@ def enqueue_projection(
     )
 
 
-def upsert_refund_item(services: Services, refund: Refund) -> None:
+def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool = False) -> None:
+    """Write the refund's item; `create_first` when it most likely does not exist yet (one
+    request, not a PATCH that finds nothing and then the create). Either guess is safe: an item
+    that exists already is updated, a missing one is created."""
     item = refund_item(refund)
     client = services.directus
-    if len(refund.history) <= 1:
-        # A refund just recorded has no item yet: create it at once (one request, not a
-        # PATCH that finds nothing and then the create); one that exists already is updated.
+    if create_first:
         try:
             client.create_item(REFUNDS_COLLECTION, item)
             return
@@ -102,16 +110,34 @@ def upsert_refund_item(services: Services, refund: Refund) -> None:
 @outbox.handler(JOB_PROJECT_REFUND)
 def _project_refund(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
+        # The queued projections are read before the refund: each was committed with a change
+        # that the refund read next includes, so this run covers them.
+        covered = outbox.pending_job_ids(
+            session, JOB_PROJECT_REFUND, job.refund_id, owner=job.locked_by, exclude=job.id
+        )
+        projected_before = (
+            session.scalar(
+                select(OutboxJob.id)
+                .where(
+                    OutboxJob.kind == JOB_PROJECT_REFUND,
+                    OutboxJob.refund_id == job.refund_id,
+                    OutboxJob.state == outbox.OutboxState.DONE,
+                )
+                .limit(1)
+            )
+            is not None
+        )
         refund = session.get(Refund, job.refund_id)
         if refund is None:
             raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
         refund.history  # noqa: B018 - load before the session closes
         session.expunge(refund)
     try:
-        upsert_refund_item(services, refund)
+        upsert_refund_item(services, refund, create_first=not projected_before)
     except InvalidForeignKeyError:
         # The order is not in Directus (deleted, or never there): retrying cannot help. The
         # dead job flags the refund and alerts admins (the worker's fallback for dead jobs).
         raise outbox.GiveUp(
             f"order {refund.order_id} of refund {refund.id} does not exist in Directus"
         ) from None
+    outbox.complete_superseded(services, covered, owner=job.locked_by)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
 
 from bridge.config import Settings
+from directus_client import DirectusClient
 
 RIDENDINE_URL = "https://api.ridendine.example"
 RIDENDINE_KEY = "rdn-test-key-0123456789"
@@ -113,3 +118,18 @@ def make_order(
     }
     client.create_item("orders", values)
     return values
+
+
+def count_requests(client: DirectusClient) -> Counter[str]:
+    """Every request the client sends from now on, as "METHOD /path" (ids left out)."""
+    counted: Counter[str] = Counter()
+    send = client.session.send
+
+    def counting(prepared: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(prepared.url or "").path.split("/")
+        path = "/".join(parts[:3]) if parts[1] in ("items", "flows") else "/".join(parts)
+        counted[f"{prepared.method} {path}"] += 1
+        return send(prepared, **kwargs)
+
+    client.session.send = counting  # type: ignore[method-assign]
+    return counted

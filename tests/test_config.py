@@ -67,6 +67,8 @@ def test_missing_required_variable_is_named(variable: str) -> None:
         ("BRIDGE_DEFAULT_CURRENCY", "EURO"),
         ("BRIDGE_CANCELLING_REASONS", "not_a_reason"),
         ("BRIDGE_DIRECTUS_TIMEOUT_SECONDS", "-1"),
+        ("BRIDGE_WORKER_FLOW_CALLS", "0"),
+        ("BRIDGE_WORKER_FLOW_CALLS", "many"),
     ],
 )
 def test_bad_value_is_named(variable: str, value: str) -> None:
@@ -94,8 +96,11 @@ def test_lists_and_extra_reasons() -> None:
             "BRIDGE_REFUND_REASONS": "late_delivery",
             "BRIDGE_LOG_LEVEL": "debug",
             "BRIDGE_PENDING_STALE_SECONDS": "60",
+            "BRIDGE_WORKER_FLOW_CALLS": "1",
         }
     )
+    assert settings.worker_flow_calls == 1
+    assert load_settings(VALID).worker_flow_calls == 4
     assert settings.admin_emails == ("a@example.com", "b@example.com")
     assert settings.refund_reasons == ("chef_rejected", "customer_cancel", "late_delivery")
     assert "late_delivery" not in settings.cancelling_reasons

@@ -6,17 +6,16 @@ it answers again, without waiting out their backoff; a new refund's item is one 
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-import requests
 from flask import Flask
 from sqlalchemy import select
 
-import bridge.directus_batch  # noqa: F401 - registers the batch handlers, as the worker does
+import bridge.directus_batch  # registers the batch handlers, as the worker does
 from bridge import create_app, ledger, worker
 from bridge.models import InboxEvent, InboxState, OutboxJob, OutboxState, Refund, RefundStatus
 from bridge.projection import upsert_refund_item
@@ -25,7 +24,7 @@ from bridge.worker import Worker, WorkerOptions
 from devstack.directus import DirectusServer
 from devstack.smtp import SmtpSink
 from directus_client import DirectusClient
-from tests.helpers import make_order, make_settings, make_user, unique_id
+from tests.helpers import count_requests, make_order, make_settings, make_user, unique_id
 from tests.webhook_helpers import (
     event_body,
     jobs,
@@ -61,21 +60,6 @@ def app(
 def services(app: Flask) -> Services:
     services: Services = app.extensions["bridge.services"]
     return services
-
-
-def count_requests(client: DirectusClient) -> Counter[str]:
-    """Every request the client sends from now on, as "METHOD /path" (ids left out)."""
-    counted: Counter[str] = Counter()
-    send = client.session.send
-
-    def counting(prepared: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        parts = urlsplit(prepared.url or "").path.split("/")
-        path = "/".join(parts[:3]) if parts[1] in ("items", "flows") else "/".join(parts)
-        counted[f"{prepared.method} {path}"] += 1
-        return send(prepared, **kwargs)
-
-    client.session.send = counting  # type: ignore[method-assign]
-    return counted
 
 
 def an_order(admin: DirectusClient, people: dict[str, Any], amount: int = 5000) -> dict[str, Any]:
@@ -140,6 +124,61 @@ def test_a_batch_of_results_costs_one_read_and_one_write_per_collection(
     (admin_mail,) = [m for m in mails if m.rcpt_to == (ADMINS,)]
     assert "payment REFUNDED" in admin_mail.text()
     assert len(smtp_sink.wait_for(halved["id"], 6)) == 6
+
+
+def test_flow_calls_are_made_side_by_side_and_each_recorded_as_it_answers(
+    app: Flask,
+    services: Services,
+    directus_admin: DirectusClient,
+    people: dict[str, Any],
+    smtp_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert services.settings.worker_flow_calls == 4  # the default
+    client = app.test_client()
+    orders = [an_order(directus_admin, people) for _ in range(6)]
+    for order in orders:
+        ridendine_id = new_ridendine_id()
+        make_pending_refund(services, order, ridendine_refund_id=ridendine_id)
+        assert post_event(client, event_body(ridendine_id, order["id"], 5000)).status_code == 200
+    in_flight = 0
+    most_in_flight = 0
+    done_when_called: list[int] = []
+    lock = threading.Lock()
+    real_trigger = bridge.directus_batch.trigger_flow
+
+    def watched_trigger(services_: Services, body: dict[str, Any]) -> None:
+        nonlocal in_flight, most_in_flight
+        with services.store.session() as session:
+            done_when_called.append(
+                len(
+                    session.scalars(
+                        select(OutboxJob.id).where(
+                            OutboxJob.kind == "notify_result", OutboxJob.state == "done"
+                        )
+                    ).all()
+                )
+            )
+        with lock:
+            in_flight += 1
+            most_in_flight = max(most_in_flight, in_flight)
+        try:
+            time.sleep(0.3)  # long enough for the calls to overlap
+            real_trigger(services_, body)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(bridge.directus_batch, "trigger_flow", watched_trigger)
+    Worker(services, WorkerOptions()).drain_due()
+
+    assert 2 <= most_in_flight <= 4
+    # The calls after the first four started when one had answered, and that one was already
+    # recorded done: a worker killed then would not repeat it.
+    assert sorted(done_when_called)[-1] >= 1
+    assert all(j.state == OutboxState.DONE for j in jobs(services, "notify_result"))
+    for order in orders:
+        assert len(smtp_sink.wait_for(order["id"], 3)) == 3
 
 
 def test_one_bad_item_does_not_hold_up_the_others(
@@ -220,9 +259,10 @@ def test_a_new_refund_is_projected_with_one_request(
     refund = load_refund(services, make_pending_refund(services, order))
     counted = count_requests(services.directus)
 
-    upsert_refund_item(services, refund)  # just recorded: created at once
+    upsert_refund_item(services, refund, create_first=True)  # just recorded: created at once
     assert counted == {"POST /items/refunds": 1}
-    upsert_refund_item(services, refund)  # already there (another job was first): updated
+    # Already there (another job was first): updated.
+    upsert_refund_item(services, refund, create_first=True)
     assert counted == {"POST /items/refunds": 2, "PATCH /items/refunds": 1}
     with services.store.session() as session:
         stored = session.get(Refund, refund.id)

@@ -12,7 +12,7 @@ from bridge.models import OutboxJob, OutboxState, Refund, RefundStatus
 from bridge.projection import enqueue_projection
 from bridge.services import Services, make_directus
 from directus_client import DirectusClient
-from tests.helpers import make_order, unique_id
+from tests.helpers import count_requests, make_order, unique_id
 
 
 @pytest.fixture
@@ -81,3 +81,52 @@ def test_an_order_missing_in_directus_gives_up_at_once(services: Services) -> No
     assert job.state == OutboxState.DEAD
     assert job.attempts == 1
     assert "does not exist in Directus" in (job.last_error or "")
+
+
+def test_a_projection_also_completes_the_ones_queued_before_it(
+    services: Services, directus_admin: DirectusClient
+) -> None:
+    order = make_order(directus_admin)
+    with services.store.session() as session:
+        refund = Refund(
+            order_id=order["id"],
+            ridendine_order_id="rdn-x",
+            amount_cents=1_250,
+            currency="EUR",
+            reason="chef_rejected",
+            requested_by="admin",
+            status=RefundStatus.PENDING,
+        )
+        ledger.record_created(refund)
+        session.add(refund)
+        running = enqueue_projection(session, refund, lease_to="request:me")
+        refund_id = refund.id
+    with services.store.session() as session:  # a later change: its own job, queued
+        stored = session.get(Refund, refund_id)
+        assert stored is not None
+        ledger.flag_review(stored, "checked by the test", source="operator")
+        queued = enqueue_projection(session, stored)
+    with services.store.session() as session:  # another one, whose job a worker holds
+        stored = session.get(Refund, refund_id)
+        assert stored is not None
+        ledger.transition(stored, RefundStatus.REFUNDED, source="webhook")
+        held = enqueue_projection(session, stored, lease_to="worker:other")
+    assert running is not None and queued is not None and held is not None
+    counted = count_requests(services.directus)
+
+    assert outbox.run_job(services, running, owner="request:me") == "done"
+
+    # Never projected before: created at once, with the ledger's state as the run read it.
+    assert counted == {"POST /items/refunds": 1}
+    item = directus_admin.get_item("refunds", refund_id)
+    assert (item["status"], item["needs_review"]) == ("REFUNDED", True)
+    jobs = {job.id: job for job in projection_jobs(services, refund_id)}
+    assert jobs[running].state == OutboxState.DONE
+    assert jobs[queued].state == OutboxState.DONE  # covered by the run: not written again
+    assert (jobs[queued].last_error or "").startswith("superseded")
+    # The worker holding a job does it (the same values again), it is not taken from it.
+    assert (jobs[held].state, jobs[held].locked_by) == (OutboxState.PENDING, "worker:other")
+
+    counted.clear()
+    assert outbox.run_job(services, held, owner="worker:other") == "done"
+    assert counted == {"PATCH /items/refunds": 1}  # projected before: updated, not created

@@ -22,7 +22,14 @@ from bridge.refunds import service as refund_service
 from bridge.services import Services, get_services
 from devstack.directus import DirectusServer
 from directus_client import DirectusClient
-from tests.helpers import RIDENDINE_KEY, RIDENDINE_URL, SERVICE_TOKEN, make_order, make_settings
+from tests.helpers import (
+    RIDENDINE_KEY,
+    RIDENDINE_URL,
+    SERVICE_TOKEN,
+    count_requests,
+    make_order,
+    make_settings,
+)
 from tests.helpers import make_user as make_directus_user
 
 PROBLEM = "application/problem+json"
@@ -177,6 +184,33 @@ def test_full_refund_is_recorded_projected_and_sent_to_ridendine(
     assert item["ridendine_refund_id"] == "re_full"
     assert item["order_id"] == order["id"]
     assert [job.state for job in submit_jobs(services, refund["id"])] == ["done"]
+
+
+def test_a_refund_request_costs_directus_one_read_and_one_create(
+    api: FlaskClient,
+    services: Services,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+) -> None:
+    order = make_order(directus_admin)
+    accept(ridendine, "re_once")
+    counted = count_requests(services.directus)
+
+    response = post(api, admin_refund(order["id"]))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    refund_id = response.get_json()["refund"]["id"]
+    # RideNDine is asked first, so the item is created once with its answer in it.
+    assert counted == {"GET /items/orders": 1, "POST /items/refunds": 1}
+    assert directus_admin.get_item("refunds", refund_id)["ridendine_refund_id"] == "re_once"
+    with services.store.session() as session:
+        jobs = session.scalars(
+            select(OutboxJob).where(
+                OutboxJob.refund_id == refund_id, OutboxJob.kind == "project_refund"
+            )
+        ).all()
+    # The projection the submission queued was covered by the inline one: nothing left to do.
+    assert len(jobs) == 2 and all(job.state == OutboxState.DONE for job in jobs)
 
 
 def test_partial_refund_then_the_default_is_what_remains(

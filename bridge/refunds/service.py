@@ -4,7 +4,8 @@ A request goes: caller and body checked -> the caller's Idempotency-Key looked u
 read from Directus with the bridge's token -> ONE store transaction (per-order lock, what is
 still refundable re-checked against the ledger, the refund with its first history line, the
 Idempotency-Key record, the projection job and the submission job, both leased to this request)
--> commit -> the projection and the submission tried inline -> the answer, saved for the key.
+-> commit -> the submission tried inline, then the projection (one create of the refund's item
+with RideNDine's answer in it) -> the answer, saved for the key.
 
 Committing before RideNDine is asked means a crash at any point loses nothing: the leased jobs
 expire and the worker takes them, with the same Idempotency-Key towards RideNDine.
@@ -43,7 +44,7 @@ from bridge.errors import (
     ValidationProblem,
 )
 from bridge.models import IdempotencyRecord, Refund, RefundSource, RefundStatus, utcnow
-from bridge.projection import enqueue_projection, upsert_refund_item
+from bridge.projection import enqueue_projection
 from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
 from bridge.refunds.submission import enqueue_submission
 from directus_client import DirectusError, DirectusUnavailableError
@@ -140,9 +141,12 @@ def request_refund(
             ) from None
         return earlier
 
-    projected = outbox.run_now(services, projection_job, owner=owner) == "done"
+    # RideNDine first, then Directus: the item is created once, with RideNDine's answer in it,
+    # instead of created and then updated (the projection supersedes the one the submission
+    # queued; bridge/projection.py).
     outbox.run_now(services, submit_job, owner=owner)
-    answer = _answer_for_refund(services, refund_id, refresh_directus=projected)
+    outbox.run_now(services, projection_job, owner=owner)
+    answer = _answer_for_refund(services, refund_id)
     if key is not None:
         _save_answer(services, caller.scope, key, answer)
     return answer
@@ -374,9 +378,7 @@ def _record(
     return refund_id, projection_job, submit_job
 
 
-def _answer_for_refund(
-    services: Services, refund_id: str, *, refresh_directus: bool = False
-) -> Answer:
+def _answer_for_refund(services: Services, refund_id: str) -> Answer:
     """202 with the refund, or 422 when RideNDine rejected it."""
     with services.store.session() as session:
         refund = session.get(Refund, refund_id)
@@ -384,13 +386,6 @@ def _answer_for_refund(
             raise RefundNotFound()
         refund.history  # noqa: B018 - load before the session closes
         session.expunge(refund)
-    if refresh_directus and (refund.ridendine_refund_id or refund.status != RefundStatus.PENDING):
-        # The submission changed the refund; its projection job is queued, but admins looking
-        # at Directus right now should see it at once. Best effort: the job stays queued.
-        try:
-            upsert_refund_item(services, refund)
-        except DirectusError as exc:
-            log.warning("inline projection failed, left to the outbox: %s", exc)
     body = ledger.refund_to_dict(refund)
     if _rejected_by_ridendine(refund):
         problem = RideNDineRejected(
