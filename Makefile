@@ -52,7 +52,7 @@ $(VENV)/.bench-installed: $(STAMP) setup.cfg
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed directus  ## the benchmark, docs/performance.md (about 30 min; BENCH_ARGS="--quick")
+bench: $(VENV)/.bench-installed directus  ## the benchmark, docs/performance.md (about 1.5 h; BENCH_ARGS="--quick" or "--scenarios ...")
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv and local state (not the Directus cache)

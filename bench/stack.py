@@ -41,6 +41,7 @@ FLOW_SECRET = "bench-flow-secret-0123456789abcdef"
 ADMIN_EMAILS = "admins@example.com"
 BRIDGE_USER_AGENT = "refund-bridge-directus-client"
 SEED_USER_AGENT = "refund-bridge-bench-seed"
+SEED_TIMEOUT_SECONDS = 300.0
 WEB_WORKERS = 2  # docs/deployment.md: serve --workers 2 --threads 4
 WEB_THREADS = 4
 STOP_TIMEOUT = 20.0
@@ -122,8 +123,13 @@ class BenchStack:
         return self.workdir / "bridge.sqlite3"
 
     def seed_client(self) -> DirectusClient:
+        # Seeding creates 1000 items a request; late in a full run (Directus's database holds
+        # tens of thousands of orders by then) one took more than the default 10 s.
         return DirectusClient(
-            self.directus.url, self.directus.admin_token, user_agent=SEED_USER_AGENT
+            self.directus.url,
+            self.directus.admin_token,
+            user_agent=SEED_USER_AGENT,
+            read_timeout=SEED_TIMEOUT_SECONDS,
         )
 
     def env(self) -> dict[str, str]:
