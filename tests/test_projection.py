@@ -28,18 +28,23 @@ def services(
     services.close()
 
 
+def new_refund(order_id: str) -> Refund:
+    refund = Refund(
+        order_id=order_id,
+        ridendine_order_id="rdn-x",
+        amount_cents=1_250,
+        currency="EUR",
+        reason="chef_rejected",
+        requested_by="admin",
+        status=RefundStatus.PENDING,
+    )
+    ledger.record_created(refund)
+    return refund
+
+
 def record_refund(services: Services, order_id: str) -> str:
     with services.store.session() as session:
-        refund = Refund(
-            order_id=order_id,
-            ridendine_order_id="rdn-x",
-            amount_cents=1_250,
-            currency="EUR",
-            reason="chef_rejected",
-            requested_by="admin",
-            status=RefundStatus.PENDING,
-        )
-        ledger.record_created(refund)
+        refund = new_refund(order_id)
         session.add(refund)
         enqueue_projection(session, refund)
         return refund.id
@@ -88,16 +93,7 @@ def test_a_projection_also_completes_the_ones_queued_before_it(
 ) -> None:
     order = make_order(directus_admin)
     with services.store.session() as session:
-        refund = Refund(
-            order_id=order["id"],
-            ridendine_order_id="rdn-x",
-            amount_cents=1_250,
-            currency="EUR",
-            reason="chef_rejected",
-            requested_by="admin",
-            status=RefundStatus.PENDING,
-        )
-        ledger.record_created(refund)
+        refund = new_refund(order["id"])
         session.add(refund)
         running = enqueue_projection(session, refund, lease_to="request:me")
         refund_id = refund.id

@@ -107,13 +107,12 @@ def ledger_refunds(services: Services, order_id: str) -> list[Refund]:
         return list(session.scalars(select(Refund).where(Refund.order_id == order_id)))
 
 
-def submit_jobs(services: Services, refund_id: str) -> list[OutboxJob]:
+def submit_jobs(services: Services, refund_id: str, kind: str = "submit_refund") -> list[OutboxJob]:
+    """The refund's outbox jobs of one kind (its submission by default)."""
     with services.store.session() as session:
         return list(
             session.scalars(
-                select(OutboxJob).where(
-                    OutboxJob.refund_id == refund_id, OutboxJob.kind == "submit_refund"
-                )
+                select(OutboxJob).where(OutboxJob.refund_id == refund_id, OutboxJob.kind == kind)
             )
         )
 
@@ -203,12 +202,7 @@ def test_a_refund_request_costs_directus_one_read_and_one_create(
     # RideNDine is asked first, so the item is created once with its answer in it.
     assert counted == {"GET /items/orders": 1, "POST /items/refunds": 1}
     assert directus_admin.get_item("refunds", refund_id)["ridendine_refund_id"] == "re_once"
-    with services.store.session() as session:
-        jobs = session.scalars(
-            select(OutboxJob).where(
-                OutboxJob.refund_id == refund_id, OutboxJob.kind == "project_refund"
-            )
-        ).all()
+    jobs = submit_jobs(services, refund_id, kind="project_refund")
     # The projection the submission queued was covered by the inline one: nothing left to do.
     assert len(jobs) == 2 and all(job.state == OutboxState.DONE for job in jobs)
 
