@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 
 import requests
 
+from bridge import ledger
 from bridge.config import Settings
+from bridge.models import Refund, RefundStatus
 from directus_client import DirectusClient
 
 RIDENDINE_URL = "https://api.ridendine.example"
@@ -133,3 +135,19 @@ def count_requests(client: DirectusClient) -> Counter[str]:
 
     client.session.send = counting  # type: ignore[method-assign]
     return counted
+
+
+def new_refund(order_id: str = "ord-1", amount: int = 1000, **values: object) -> Refund:
+    """A PENDING refund with its first history line, not yet added to a session."""
+    refund = Refund(
+        order_id=order_id,
+        ridendine_order_id="rdn-1",
+        amount_cents=amount,
+        currency="EUR",
+        reason="chef_rejected",
+        requested_by="admin",
+        status=RefundStatus.PENDING,
+        **values,
+    )
+    ledger.record_created(refund)
+    return refund

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridge import db, ledger
-from bridge.models import Refund, RefundStatus
+from bridge.models import RefundStatus
+from tests.helpers import new_refund
 
 
 @pytest.fixture
@@ -13,21 +14,6 @@ def store(database_url: str) -> db.Store:
     store = db.Store(database_url)
     db.upgrade(store.engine)
     return store
-
-
-def new_refund(order_id: str = "ord-1", amount: int = 1000, **values: object) -> Refund:
-    refund = Refund(
-        order_id=order_id,
-        ridendine_order_id="rdn-1",
-        amount_cents=amount,
-        currency="EUR",
-        reason="chef_rejected",
-        requested_by="admin",
-        status=RefundStatus.PENDING,
-        **values,
-    )
-    ledger.record_created(refund)
-    return refund
 
 
 def test_forward_moves_and_history() -> None:

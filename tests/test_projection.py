@@ -12,7 +12,7 @@ from bridge.models import OutboxJob, OutboxState, Refund, RefundStatus
 from bridge.projection import enqueue_projection
 from bridge.services import Services, make_directus
 from directus_client import DirectusClient
-from tests.helpers import count_requests, make_order, unique_id
+from tests.helpers import count_requests, make_order, new_refund, unique_id
 
 
 @pytest.fixture
@@ -28,23 +28,9 @@ def services(
     services.close()
 
 
-def new_refund(order_id: str) -> Refund:
-    refund = Refund(
-        order_id=order_id,
-        ridendine_order_id="rdn-x",
-        amount_cents=1_250,
-        currency="EUR",
-        reason="chef_rejected",
-        requested_by="admin",
-        status=RefundStatus.PENDING,
-    )
-    ledger.record_created(refund)
-    return refund
-
-
 def record_refund(services: Services, order_id: str) -> str:
     with services.store.session() as session:
-        refund = new_refund(order_id)
+        refund = new_refund(order_id, amount=1_250)
         session.add(refund)
         enqueue_projection(session, refund)
         return refund.id
@@ -93,7 +79,7 @@ def test_a_projection_also_completes_the_ones_queued_before_it(
 ) -> None:
     order = make_order(directus_admin)
     with services.store.session() as session:
-        refund = new_refund(order["id"])
+        refund = new_refund(order["id"], amount=1_250)
         session.add(refund)
         running = enqueue_projection(session, refund, lease_to="request:me")
         refund_id = refund.id
