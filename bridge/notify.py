@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from bridge import ledger, outbox
 from bridge.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.models import OutboxJob, Refund, RefundStatus
+from bridge.money import format_amount
 from bridge.projection import enqueue_projection
 from directus_client import DirectusError, ForbiddenError, NotFoundError
 
@@ -39,34 +40,6 @@ REFUND_RESULT_FLOW = "refund-result"  # flows.REFUND_RESULT
 KIND_REFUND_RESULT = "refund_result"
 KIND_ADMIN_ALERT = "admin_alert"
 ADMIN_EMAILS_TTL_SECONDS = 300.0
-
-# ISO 4217 minor units that are not 2 (the rest of the world uses cents).
-_CURRENCY_EXPONENTS = {
-    **dict.fromkeys(
-        [
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "UYI",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ],
-        0,
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-}
-
 
 # -- enqueueing (inside the caller's transaction) --------------------------------------------
 
@@ -112,15 +85,6 @@ def alert_review(session: Session, refund: Refund, reason: str) -> None:
 
 
 # -- what the Flow receives ------------------------------------------------------------------
-
-
-def format_amount(cents: int, currency: str) -> str:
-    """Integer minor units as text: 5000 EUR -> "50.00 EUR", 500 JPY -> "500 JPY"."""
-    exponent = _CURRENCY_EXPONENTS.get(currency.upper(), 2)
-    sign = "-" if cents < 0 else ""
-    whole, minor = divmod(abs(cents), 10**exponent)
-    number = f"{whole}.{minor:0{exponent}d}" if exponent else str(whole)
-    return f"{sign}{number} {currency.upper()}"
 
 
 def refund_summary(refund: Refund) -> dict[str, Any]:

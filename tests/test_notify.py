@@ -14,7 +14,7 @@ from flask import Flask
 from bridge import create_app
 from bridge.alerts import enqueue_admin_alert
 from bridge.models import OutboxState, Refund
-from bridge.notify import format_amount
+from bridge.money import format_amount
 from bridge.results import apply_result
 from bridge.services import Services
 from devstack.directus import DirectusServer

@@ -69,7 +69,7 @@ def test_admins_own_fields_and_settings_are_kept(
     directus_admin.create_field(
         orders.collection, {"field": "loyalty_points", "type": "integer", "meta": {}}
     )
-    directus_admin.update_field(refunds, "status", {"meta": {"width": "half", "sort": 2}})
+    directus_admin.update_field(refunds, "status", {"meta": {"width": "half"}})
 
     plan = apply_schema(directus_admin, orders, refunds_collection=refunds)
     assert plan.in_place, plan
@@ -89,7 +89,8 @@ def test_our_fields_settings_are_put_back(
     plan = apply_schema(directus_admin, orders, refunds_collection=refunds)
     assert plan.changes == [f"update field {refunds}.amount_cents: note, readonly"]
     meta = fields_of(directus_admin, refunds)["amount_cents"]["meta"]
-    assert meta["readonly"] is True and meta["note"] == "integer cents"  # type: ignore[index]
+    assert meta["readonly"] is True  # type: ignore[index]
+    assert meta["note"].startswith("The amount in integer cents")  # type: ignore[index]
     assert apply_schema(directus_admin, orders, refunds_collection=refunds).in_place
 
 
