@@ -139,15 +139,17 @@ def count_requests(client: DirectusClient) -> Counter[str]:
 
 def new_refund(order_id: str = "ord-1", amount: int = 1000, **values: object) -> Refund:
     """A PENDING refund with its first history line, not yet added to a session."""
+    defaults: dict[str, object] = {
+        "ridendine_order_id": "rdn-1",
+        "currency": "EUR",
+        "reason": "chef_rejected",
+        "requested_by": "admin",
+    }
     refund = Refund(
         order_id=order_id,
-        ridendine_order_id="rdn-1",
         amount_cents=amount,
-        currency="EUR",
-        reason="chef_rejected",
-        requested_by="admin",
         status=RefundStatus.PENDING,
-        **values,
+        **{**defaults, **values},
     )
     ledger.record_created(refund)
     return refund
