@@ -49,6 +49,7 @@ from bridge import db as store_db
 from bridge import ledger, outbox
 from bridge.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.config import Settings
+from bridge.in_app import JOB_NOTIFY_IN_APP
 from bridge.models import OutboxJob, Refund
 from bridge.services import Services, build_services
 
@@ -64,6 +65,7 @@ HANDLER_MODULES: tuple[str, ...] = (
     "bridge.results",
     "bridge.order_status",
     "bridge.notify",
+    "bridge.in_app",
     "bridge.webhooks.inbox",
     "bridge.stripe_check",
     "bridge.directus_batch",
@@ -78,7 +80,14 @@ BATCH_SIZE = 300
 DIRECTUS_PROBE_SECONDS = 2.0
 # The job kinds that need Directus (paused while it is down).
 DIRECTUS_KINDS = frozenset(
-    {"apply_order", "project_refund", "notify_result", "alert_admins", "resolve_event"}
+    {
+        "apply_order",
+        "project_refund",
+        "notify_result",
+        "alert_admins",
+        "notify_in_app",
+        "resolve_event",
+    }
 )
 STALE_SCAN_MAX_SECONDS = 60.0
 HOUSEKEEPING_EVERY = timedelta(hours=24)
@@ -192,7 +201,8 @@ def sqlite_path(store: store_db.Store) -> str | None:
 # -- dead jobs: never silent ------------------------------------------------------------------
 
 # Alerts are how admins hear of dead jobs; a dead alert can only be logged (the outbox does).
-NO_FALLBACK_KINDS = frozenset({JOB_ALERT_ADMINS})
+# The same for an in-app notification: its e-mail alert went its own way.
+NO_FALLBACK_KINDS = frozenset({JOB_ALERT_ADMINS, JOB_NOTIFY_IN_APP})
 
 
 def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:

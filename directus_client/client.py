@@ -467,32 +467,34 @@ class DirectusClient:
         )
         return bool(_data(policies))
 
-    def admin_emails(self) -> list[str]:
-        """E-mails of the active users with admin access."""
+    def admin_users(self) -> list[Item]:
+        """The active users with admin access (through a policy of their own or of their
+        role), each once as `{"id", "email"}`, sorted by id."""
         policies = _data(
             self.request(
                 "GET",
                 "/policies",
                 params={
                     "filter": {"admin_access": {"_eq": True}},
-                    "fields": "users.user.email,users.user.status,"
-                    "roles.role.users.email,roles.role.users.status",
+                    "fields": "users.user.id,users.user.email,users.user.status,"
+                    "roles.role.users.id,roles.role.users.email,roles.role.users.status",
                     "limit": -1,
                 },
             )
         )
-        emails: list[str] = []
+        found: dict[str, Item] = {}
         for policy in policies or []:
-            for access in policy.get("users") or []:
-                user = (access or {}).get("user") or {}
-                if user.get("status") == "active" and user.get("email"):
-                    emails.append(user["email"])
+            users = [(access or {}).get("user") or {} for access in policy.get("users") or []]
             for access in policy.get("roles") or []:
-                role = (access or {}).get("role") or {}
-                for user in role.get("users") or []:
-                    if user.get("status") == "active" and user.get("email"):
-                        emails.append(user["email"])
-        return sorted(set(emails))
+                users += ((access or {}).get("role") or {}).get("users") or []
+            for user in users:
+                if user.get("status") == "active" and user.get("id"):
+                    found[str(user["id"])] = {"id": str(user["id"]), "email": user.get("email")}
+        return [found[key] for key in sorted(found)]
+
+    def admin_emails(self) -> list[str]:
+        """E-mails of the active users with admin access."""
+        return sorted({user["email"] for user in self.admin_users() if user.get("email")})
 
     # -- flows -------------------------------------------------------------------------------
 
