@@ -25,8 +25,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from bridge import db, errors, logs, services
-    from bridge.health import bp as health_bp
+    from bridge import errors, logs, services
+    from bridge.store import db
+    from bridge.web.health import bp as health_bp
 
     logs.init_app(app)
     errors.init_app(app)
@@ -34,7 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     services.init_app(app)
     app.register_blueprint(health_bp)
     from bridge import metrics
-    from bridge.stats import bp as stats_bp
+    from bridge.ops.stats import bp as stats_bp
 
     metrics.init_app(app)  # times every request; serves /metrics
     app.register_blueprint(stats_bp)

@@ -48,7 +48,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from bridge.errors import NotAuthenticated
-from bridge.models import (
+from bridge.store.models import (
     InboxEvent,
     InboxState,
     OutboxJob,
@@ -60,7 +60,7 @@ from bridge.models import (
 
 if TYPE_CHECKING:
     from bridge.config import Settings
-    from bridge.db import Store
+    from bridge.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -464,8 +464,8 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics_view() -> Response:
-    from bridge.db import get_store
     from bridge.services import get_settings
+    from bridge.store.db import get_store
 
     expected = get_settings().metrics_token
     if expected:

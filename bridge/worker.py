@@ -8,9 +8,9 @@ An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a 
 - `leases`: renews the leases of the jobs this worker holds, every third of the lease; a worker
   that dies stops renewing and its jobs are taken over when the lease runs out.
 - `pending_refunds`: queues a check of every refund PENDING for longer than
-  `BRIDGE_PENDING_STALE_SECONDS` (bridge/stripe_check.py).
+  `BRIDGE_PENDING_STALE_SECONDS` (bridge/webhooks/stripe_check.py).
 - `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
-  (bridge/housekeeping.py).
+  (bridge/store/housekeeping.py).
 
 Only the job kinds whose handler modules are loaded are claimed: a job of a kind this build does
 not know stays pending instead of being declared dead. A job that runs out of retries is never
@@ -45,34 +45,35 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import db as store_db
-from bridge import ledger, outbox
-from bridge.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.config import Settings
-from bridge.models import OutboxJob, Refund
+from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
+from bridge.jobs import outbox
+from bridge.ledger import ledger
 from bridge.services import Services, build_services
+from bridge.store import db as store_db
+from bridge.store.models import OutboxJob, Refund
 
 log = logging.getLogger(__name__)
 
 # Modules whose import registers outbox handlers. Guarded: one that is missing is logged and
 # its jobs wait (they are not claimed) until a build that has it runs.
 HANDLER_MODULES: tuple[str, ...] = (
-    "bridge.projection",
+    "bridge.directus.projection",
     "bridge.refunds.submission",
-    "bridge.refunds.service",
-    "bridge.ridendine",
-    "bridge.results",
-    "bridge.order_status",
-    "bridge.notify",
+    "bridge.refunds.intake",
+    "bridge.refunds.ridendine",
+    "bridge.ledger.results",
+    "bridge.directus.order_status",
+    "bridge.directus.notify",
     "bridge.webhooks.inbox",
-    "bridge.stripe_check",
-    "bridge.directus_batch",
+    "bridge.webhooks.stripe_check",
+    "bridge.directus.batch",
 )
 
 # Any constant shared by the processes that migrate the same PostgreSQL database.
 MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
 # Jobs claimed at once: the Directus kinds of a batch share one read and one write per
-# collection (bridge/directus_batch.py), so a bigger batch is fewer requests per event.
+# collection (bridge/directus/batch.py), so a bigger batch is fewer requests per event.
 BATCH_SIZE = 300
 # While Directus does not answer, its jobs are not sent; it is pinged this often instead.
 DIRECTUS_PROBE_SECONDS = 2.0
@@ -208,7 +209,7 @@ def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:
 def dead_fallback(services: Services, job: OutboxJob) -> None:
     """A job of a kind with no `on_dead` of its own ran out of retries: its refund is flagged
     for review (admins alerted, the flag projected), or without a refund the admins are told."""
-    from bridge.notify import flag_for_review
+    from bridge.directus.notify import flag_for_review
 
     reason = f"background job {job.kind} gave up after {job.attempts} attempt(s): {job.last_error}"
     with services.store.session() as session:
@@ -330,7 +331,7 @@ class Worker:
             log.warning("renewing leases failed: %s", _store_error(exc))
 
     def scan_pending_refunds(self) -> None:
-        from bridge import stripe_check
+        from bridge.webhooks import stripe_check
 
         try:
             queued = stripe_check.enqueue_stale_checks(self.services)
@@ -344,7 +345,7 @@ class Worker:
             log.info("queued %d check(s) of stale PENDING refunds", queued)
 
     def housekeeping(self) -> None:
-        from bridge import housekeeping
+        from bridge.store import housekeeping
 
         try:
             housekeeping.run(self.services, should_stop=self.stopping.is_set)

@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bridge import ledger, outbox
-from bridge.alerts import enqueue_admin_alert
-from bridge.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
-from bridge.notify import enqueue_notify_result
-from bridge.projection import enqueue_projection
-from bridge.ridendine import (
+from bridge.directus.alerts import enqueue_admin_alert
+from bridge.directus.notify import enqueue_notify_result
+from bridge.directus.projection import enqueue_projection
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.refunds.ridendine import (
     RefundAccepted,
     RideNDineRejectedError,
     RideNDineUnavailableError,
 )
+from bridge.store.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

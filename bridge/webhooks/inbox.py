@@ -10,7 +10,7 @@ Processing, in two outbox jobs so that the webhook's answer never waits for Dire
 never loses an event:
 - `process_event` (dedupe `event:<id>`, run inline right after the commit): matches the event to
   a refund of the ledger (by RideNDine's refund id, else the oldest PENDING refund of the order
-  with that amount) and applies the result (bridge/results.py). No match: `resolve_event`.
+  with that amount) and applies the result (bridge/ledger/results.py). No match: `resolve_event`.
 - `resolve_event` (dedupe `resolve:<id>`, run by the worker): matches again (the refund may have
   learnt its RideNDine id meanwhile), waits a little while a submission of that order is still
   in flight, then asks Directus about the order: a known order gets a refund of source
@@ -32,10 +32,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bridge import ledger, metrics, outbox, stripe_check
-from bridge.alerts import enqueue_admin_alert
-from bridge.db import lock_order
-from bridge.models import (
+from bridge import metrics
+from bridge.directus.alerts import enqueue_admin_alert
+from bridge.directus.notify import flag_for_review
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.ledger.results import apply_result
+from bridge.store.db import lock_order
+from bridge.store.models import (
     InboxEvent,
     InboxState,
     OutboxJob,
@@ -44,8 +48,7 @@ from bridge.models import (
     RefundStatus,
     utcnow,
 )
-from bridge.notify import flag_for_review
-from bridge.results import apply_result
+from bridge.webhooks import stripe_check
 from directus_client import DirectusError
 
 if TYPE_CHECKING:
@@ -259,7 +262,8 @@ def _apply(
         )
         return
     if services is not None and stripe_check.hold_refunded(services, session, event, refund):
-        return  # REFUNDED waits for Stripe's word; its job applies it (bridge/stripe_check.py)
+        # REFUNDED waits for Stripe's word; its job applies it (bridge/webhooks/stripe_check.py)
+        return
     payload = event.payload or {}
     outcome = apply_result(
         session,
