@@ -26,6 +26,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     from bridge import errors, logs, services
+    from bridge.jobs import registry
     from bridge.store import db
     from bridge.web.health import bp as health_bp
 
@@ -33,6 +34,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     db.init_app(app)
     services.init_app(app)
+    registry.register_all()  # requests run their first job inline (submission, webhook)
     app.register_blueprint(health_bp)
     from bridge import metrics
     from bridge.ops.stats import bp as stats_bp

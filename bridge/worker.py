@@ -12,10 +12,10 @@ An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a 
 - `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
   (bridge/store/housekeeping.py).
 
-Only the job kinds whose handler modules are loaded are claimed: a job of a kind this build does
-not know stays pending instead of being declared dead. A job that runs out of retries is never
-dead silently: its kind's `on_dead` handler runs, or else `dead_fallback` flags its refund for
-review (admins alerted) or, without a refund, alerts the admins.
+Only the job kinds this build registers (bridge/jobs/registry.py) are claimed: a job of a kind
+it does not know stays pending instead of being declared dead. A job that runs out of retries is
+never dead silently: its kind's `on_dead` handler runs, or else `dead_fallback` flags its refund
+for review (admins alerted) or, without a refund, alerts the admins.
 
 SIGTERM or SIGINT: no new job is started, the job in hand is finished, the jobs claimed but not
 started are handed back, and the process exits with 0.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import importlib
 import logging
 import os
 import secrets
@@ -47,28 +46,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.config import Settings
 from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
-from bridge.jobs import outbox
+from bridge.jobs import outbox, registry
 from bridge.ledger import ledger
 from bridge.services import Services, build_services
 from bridge.store import db as store_db
 from bridge.store.models import OutboxJob, Refund
 
 log = logging.getLogger(__name__)
-
-# Modules whose import registers outbox handlers. Guarded: one that is missing is logged and
-# its jobs wait (they are not claimed) until a build that has it runs.
-HANDLER_MODULES: tuple[str, ...] = (
-    "bridge.directus.projection",
-    "bridge.refunds.submission",
-    "bridge.refunds.intake",
-    "bridge.refunds.ridendine",
-    "bridge.ledger.results",
-    "bridge.directus.order_status",
-    "bridge.directus.notify",
-    "bridge.webhooks.inbox",
-    "bridge.webhooks.stripe_check",
-    "bridge.directus.batch",
-)
 
 # Any constant shared by the processes that migrate the same PostgreSQL database.
 MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
@@ -77,10 +61,6 @@ MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
 BATCH_SIZE = 300
 # While Directus does not answer, its jobs are not sent; it is pinged this often instead.
 DIRECTUS_PROBE_SECONDS = 2.0
-# The job kinds that need Directus (paused while it is down).
-DIRECTUS_KINDS = frozenset(
-    {"apply_order", "project_refund", "notify_result", "alert_admins", "resolve_event"}
-)
 STALE_SCAN_MAX_SECONDS = 60.0
 HOUSEKEEPING_EVERY = timedelta(hours=24)
 HOUSEKEEPING_FIRST_DELAY = timedelta(minutes=1)
@@ -92,22 +72,6 @@ class WorkerStartError(Exception):
 
 
 # -- start-up ---------------------------------------------------------------------------------
-
-
-def import_handler_modules(modules: tuple[str, ...] = HANDLER_MODULES) -> list[str]:
-    """Import the modules that register handlers; return those that are not there."""
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # Only the module itself (or its package) missing is tolerated; a module that is
-            # there but fails to import is a bug and stops the worker.
-            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
-                raise
-            missing.append(name)
-            log.warning("handler module %s is not there; its jobs wait", name)
-    return missing
 
 
 def prepare_store(store: store_db.Store, *, migrate: bool) -> None:
@@ -322,7 +286,7 @@ class Worker:
                 log.info("Directus answers again: %d waiting job(s) are due now", pulled)
                 return self.kinds
             self._next_probe = time.monotonic() + DIRECTUS_PROBE_SECONDS
-        return tuple(kind for kind in self.kinds if kind not in DIRECTUS_KINDS)
+        return tuple(kind for kind in self.kinds if kind not in registry.DIRECTUS_KINDS)
 
     def renew_leases(self) -> None:
         try:
@@ -478,7 +442,7 @@ def run_worker(
             lock = SingleWorkerLock(path)
             lock.acquire()
         prepare_store(services.store, migrate=migrate)
-        missing = import_handler_modules()
+        registry.register_all()
         # Process-wide, so only in the worker process (where jobs run out of retries).
         install_dead_fallback(tuple(sorted(outbox.HANDLERS)))
         options = WorkerOptions.from_settings(settings)
@@ -490,7 +454,6 @@ def run_worker(
             worker.owner,
             extra={
                 "kinds": list(worker.kinds),
-                "missing_modules": missing,
                 "store": services.store.engine.dialect.name,
             },
         )

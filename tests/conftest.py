@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from bridge import create_app
 from bridge.config import Settings
 from bridge.directus.schema import apply_schema, create_demo_orders
+from bridge.jobs import registry
 from devstack.directus import DirectusServer
 from devstack.net import free_port
 from devstack.postgres import PostgresCluster
@@ -33,6 +34,10 @@ from tests.support.helpers import (
     WEBHOOK_SECRET,
     make_settings,
 )
+
+# Every process registers the outbox's job kinds at start (create_app, the worker, the commands);
+# tests that run jobs without one of them need the same.
+registry.register_all()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

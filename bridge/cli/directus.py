@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import click
 
-from bridge.cli import CommandFailed, main, one_line_errors, settings_from_env
+from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
 from bridge.config import ConfigError, Settings
 from bridge.directus.schema import SchemaError, apply_schema, create_demo_orders
 from bridge.services import make_directus
@@ -44,7 +44,7 @@ def flow_params(settings: Settings) -> FlowParams:
 # -- schema apply ----------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def schema() -> None:
     """The refunds schema in COOCO's Directus."""
 
@@ -98,7 +98,7 @@ def schema_apply(dry_run: bool, with_demo_orders: bool) -> None:
 # -- flows sync ------------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def flows() -> None:
     """The project's Directus Flows."""
 
@@ -338,7 +338,7 @@ def run_checks(settings: Settings, report: CheckReport) -> None:
         client.close()
 
 
-@main.command()
+@click.command()
 @one_line_errors
 def check() -> None:
     """Tell, one line per check, whether the configuration, Directus, the token's
@@ -359,3 +359,6 @@ def check() -> None:
         click.echo(f"{'OK  ' if ok else 'FAIL'}  {text}")
     if report.failures:
         raise CommandFailed(f"check: {report.failures} of {len(report.lines)} checks failed")
+
+
+COMMANDS = (schema, flows, check)

@@ -16,7 +16,7 @@ import click
 from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge.cli import CommandFailed, main, one_line_errors, settings_from_env
+from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
 from bridge.ledger.ledger import iso
 from bridge.services import Services, build_services
 from bridge.store.models import InboxEvent, InboxState, OutboxJob
@@ -106,7 +106,7 @@ def _line(event: InboxEvent) -> str:
     )
 
 
-@main.group()
+@click.group()
 def inbox() -> None:
     """The refund-status webhooks the bridge received."""
 
@@ -158,3 +158,6 @@ def inbox_replay(event_id: int) -> None:
         later = "; the worker retries it" if event.state != InboxState.FAILED else ""
         raise CommandFailed(f"inbox event {event_id} is still {event.state}{reason}{later}")
     click.echo(f"inbox event {event_id} applied to refund {event.refund_id}")
+
+
+COMMANDS = (inbox,)

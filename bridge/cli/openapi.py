@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from bridge.cli import CommandFailed, main
+from bridge.cli.base import CommandFailed
 
 DEFAULT_OUTPUT = Path("docs") / "openapi.json"  # from the repository's root, as make runs it
 
 
-@main.command()
+@click.command()
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -37,3 +37,6 @@ def openapi(output: Path, check: bool) -> None:
         return
     output.write_text(text, encoding="utf-8")
     click.echo(f"wrote {output}")
+
+
+COMMANDS = (openapi,)

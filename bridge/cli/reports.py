@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from bridge.cli import CommandFailed, main, one_line_errors, settings_from_env
+from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
 
 
-@main.command()
+@click.command()
 @click.option(
     "--month",
     metavar="YYYY-MM",
@@ -52,7 +52,7 @@ def report(month: str | None, fmt: str, no_directus: bool) -> None:
     click.echo(render(built, fmt))
 
 
-@main.group()
+@click.group()
 def dashboard() -> None:
     """The "Refunds" Insights dashboard in Directus."""
 
@@ -78,3 +78,6 @@ def dashboard_sync(dry_run: bool) -> None:
         click.echo("dashboard is up to date")
     elif not dry_run:
         click.echo(f"dashboard {result.dashboard_id} is up to date")
+
+
+COMMANDS = (report, dashboard)

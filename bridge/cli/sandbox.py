@@ -14,7 +14,7 @@ from types import FrameType
 
 import click
 
-from bridge.cli import CommandFailed, main
+from bridge.cli.base import CommandFailed
 
 # Listed here too (and checked against the sandbox's own list by a test), so that `--help`
 # needs no import of the sandbox.
@@ -32,7 +32,7 @@ SCENARIO_NAMES = (
 )
 
 
-@main.command("sandbox")
+@click.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option(
     "--port", default=8090, show_default=True, type=click.IntRange(0, 65535), help="0: any free"
@@ -108,3 +108,6 @@ def _check_can_listen(host: str, port: int) -> None:
             pass
     except OSError as exc:
         raise CommandFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+COMMANDS = (sandbox,)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from bridge.cli import CommandFailed, main, one_line_errors, settings_from_env
+from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
 from bridge.config import ConfigError
 
 # `reconcile`'s exit codes (docs/worker.md): scripts tell "all agrees" from "look at this" from
@@ -21,7 +21,7 @@ class ReconcileFailed(CommandFailed):
     exit_code = RECONCILE_FAILED
 
 
-@main.command()
+@click.command()
 @click.option("--no-migrate", is_flag=True, help="only check the store's schema, do not upgrade it")
 @click.option("--once", is_flag=True, help="run every due job and each check once, then exit")
 @click.option(
@@ -51,7 +51,7 @@ def _since(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-@main.command()
+@click.command()
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"]),
@@ -103,7 +103,7 @@ def reconcile(since: datetime | None, fmt: str, apply_fix: bool) -> None:
     raise SystemExit(RECONCILE_MISMATCHES if report.remaining else RECONCILE_CLEAN)
 
 
-@main.command()
+@click.command()
 @click.option("--dry-run", is_flag=True, help="count what would be deleted, delete nothing")
 @click.option("--retention-days", type=click.IntRange(1), help="default: BRIDGE_RETENTION_DAYS")
 @one_line_errors
@@ -127,3 +127,6 @@ def housekeeping(dry_run: bool, retention_days: int | None) -> None:
     finally:
         services.close()
     click.echo(json.dumps(report.as_dict()))
+
+
+COMMANDS = (worker, reconcile, housekeeping)

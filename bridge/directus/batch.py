@@ -41,15 +41,14 @@ from bridge.directus.notify import (
 )
 from bridge.directus.order_status import (
     JOB_APPLY_ORDER,
-    _alert_over_refund,
-    _apply_order,
+    alert_over_refund,
+    apply_order,
     order_changes,
     paid_cents,
 )
 from bridge.directus.projection import (
-    JOB_PROJECT_REFUND,
     REFUNDS_COLLECTION,
-    _project_refund,
+    project_refund,
     refund_item,
 )
 from bridge.jobs import outbox
@@ -156,7 +155,6 @@ def _one_by_one(services: Services, jobs: list[OutboxJob], handler: outbox.Handl
     return outcomes
 
 
-@outbox.batch_handler(JOB_APPLY_ORDER)
 def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, Any]) -> Outcomes:
     settings = services.settings
     names = settings.order_fields
@@ -197,7 +195,7 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
             continue
         total = refunded[refund.order_id]
         if total > paid:
-            _alert_over_refund(services, job, refund.order_id, refunded=total, paid=paid)
+            alert_over_refund(services, job, refund.order_id, refunded=total, paid=paid)
         changes = order_changes(
             {**order, **writes.get(refund.order_id, {})},
             refunded=total,
@@ -219,7 +217,7 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
             return {**outcomes, **{job.id: down for job, _order_id in written}}
         except DirectusError as exc:
             log.warning("batch update of %d orders failed, one by one now: %s", len(items), exc)
-            return {**outcomes, **_one_by_one(services, [job for job, _ in written], _apply_order)}
+            return {**outcomes, **_one_by_one(services, [job for job, _ in written], apply_order)}
         for order_id, changes in writes.items():
             if order_id in updated:
                 orders[order_id].update(changes)  # what notify_result shows
@@ -234,7 +232,6 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
     return outcomes
 
 
-@outbox.batch_handler(JOB_PROJECT_REFUND)
 def project_refunds(services: Services, jobs: list[OutboxJob], context: dict[str, Any]) -> Outcomes:
     outcomes: Outcomes = {}
     refunds = _refunds(services, jobs, history=True)
@@ -259,11 +256,10 @@ def project_refunds(services: Services, jobs: list[OutboxJob], context: dict[str
         return {**outcomes, **{job.id: down for job in live}}
     except DirectusError as exc:
         log.warning("batch projection of %d refunds failed, one by one now: %s", len(items), exc)
-        return {**outcomes, **_one_by_one(services, live, _project_refund)}
+        return {**outcomes, **_one_by_one(services, live, project_refund)}
     return {**outcomes, **{job.id: None for job in live}}
 
 
-@outbox.batch_handler(JOB_NOTIFY_RESULT)
 def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str, Any]) -> Outcomes:
     outcomes: Outcomes = {}
     refunds = _refunds(services, jobs)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
+from bridge.directus.alerts import enqueue_admin_alert
 from bridge.directus.projection import enqueue_projection
 from bridge.jobs import outbox
 from bridge.ledger import ledger
@@ -249,8 +249,7 @@ def _safe(exc: DirectusError) -> str:
     return f"{type(exc).__name__}: {exc.message}"
 
 
-@outbox.handler(JOB_NOTIFY_RESULT)
-def _notify_result(services: Services, job: OutboxJob) -> None:
+def notify_result(services: Services, job: OutboxJob) -> None:
     status = str(job.payload.get("status") or "")
     with services.store.session() as session:
         refund = session.get(Refund, job.refund_id)
@@ -278,8 +277,7 @@ def _notify_result(services: Services, job: OutboxJob) -> None:
     )
 
 
-@outbox.handler(JOB_ALERT_ADMINS)
-def _alert_admins(services: Services, job: OutboxJob) -> None:
+def alert_admins(services: Services, job: OutboxJob) -> None:
     refund: Refund | None = None
     if job.refund_id:
         with services.store.session() as session:

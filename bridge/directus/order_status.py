@@ -65,8 +65,7 @@ def order_changes(
     return {name: value for name, value in wanted.items() if order.get(name) != value}
 
 
-@outbox.handler(JOB_APPLY_ORDER)
-def _apply_order(services: Services, job: OutboxJob) -> None:
+def apply_order(services: Services, job: OutboxJob) -> None:
     settings = services.settings
     names = settings.order_fields
     with services.store.session() as session:
@@ -91,7 +90,7 @@ def _apply_order(services: Services, job: OutboxJob) -> None:
     if paid is None or paid <= 0:
         raise outbox.GiveUp(f"order {order_id} has no usable {names.amount_paid}")
     if refunded > paid:
-        _alert_over_refund(services, job, order_id, refunded=refunded, paid=paid)
+        alert_over_refund(services, job, order_id, refunded=refunded, paid=paid)
     changes = order_changes(
         order, refunded=refunded, paid=paid, cancels=reason in settings.cancelling_reasons
     )
@@ -109,7 +108,7 @@ def _apply_order(services: Services, job: OutboxJob) -> None:
     )
 
 
-def _alert_over_refund(
+def alert_over_refund(
     services: Services, job: OutboxJob, order_id: str, *, refunded: int, paid: int
 ) -> None:
     with services.store.session() as session:
@@ -123,8 +122,7 @@ def _alert_over_refund(
             )
 
 
-@outbox.on_dead(JOB_APPLY_ORDER)
-def _apply_order_dead(services: Services, job: OutboxJob) -> None:
+def apply_order_dead(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         refund = session.get(Refund, job.refund_id)
         if refund is not None:

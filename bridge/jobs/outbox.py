@@ -96,6 +96,23 @@ class DirectusDown(RetryLater):
         super().__init__(f"{UNAVAILABLE_PREFIX}: {message}")
 
 
+def register(
+    kind: str,
+    handler: Handler,
+    *,
+    on_dead: DeadHandler | None = None,
+    batch: BatchHandler | None = None,
+) -> None:
+    """Say which functions do jobs of `kind` (bridge/jobs/registry.py lists every kind)."""
+    HANDLERS[kind] = handler
+    if on_dead is not None:
+        DEAD_HANDLERS[kind] = on_dead
+    if batch is not None:
+        BATCH_HANDLERS[kind] = batch
+        if kind not in BATCH_ORDER:
+            BATCH_ORDER.append(kind)
+
+
 def batch_handler(kind: str) -> Callable[[BatchHandler], BatchHandler]:
     """Register the function that does several jobs of `kind` at once (the worker uses it
     for the jobs of a claimed batch; `run_job` keeps using the single handler)."""

@@ -78,7 +78,6 @@ def _pending_submission(services: Services, refund_id: str | None) -> _Submissio
         )
 
 
-@outbox.handler(JOB_SUBMIT_REFUND)
 def submit_refund(services: Services, job: OutboxJob) -> None:
     submission = _pending_submission(services, job.refund_id)
     if submission is None:
@@ -177,7 +176,6 @@ def _note(refund: Refund, detail: str) -> None:
     refund.updated_at = utcnow()
 
 
-@outbox.on_dead(JOB_SUBMIT_REFUND)
 def submission_dead(services: Services, job: OutboxJob) -> None:
     """Retries ran out without a definite answer: FAILED, for a person to check."""
     with services.store.session() as session:

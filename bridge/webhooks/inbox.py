@@ -354,8 +354,7 @@ def _load_event(session: Session, job: OutboxJob) -> InboxEvent:
     return event
 
 
-@outbox.handler(JOB_PROCESS_EVENT)
-def _process_event(services: Services, job: OutboxJob) -> None:
+def process_event(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         event = _load_event(session, job)
         if event.state != InboxState.RECEIVED:
@@ -377,8 +376,7 @@ def _process(services: Services, session: Session, event: InboxEvent) -> None:
     )
 
 
-@outbox.handler(JOB_RESOLVE_EVENT)
-def _resolve_event(services: Services, job: OutboxJob) -> None:
+def resolve_event(services: Services, job: OutboxJob) -> None:
     replay = bool(job.payload.get("replay"))
     retry: outbox.RetryLater | None = None
     with services.store.session() as session:
@@ -446,7 +444,7 @@ def _retry(event: InboxEvent, job: OutboxJob, reason: str) -> outbox.RetryLater:
     return outbox.RetryLater(reason, delay=delay)
 
 
-def _on_dead(services: Services, job: OutboxJob) -> None:
+def event_dead(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         event_id = job.payload.get("event_id")
         event = session.get(InboxEvent, event_id) if isinstance(event_id, int) else None
@@ -467,10 +465,6 @@ def _on_dead(services: Services, job: OutboxJob) -> None:
                 f"`refund-bridge inbox replay {event.id}`."
             ),
         )
-
-
-outbox.on_dead(JOB_PROCESS_EVENT)(_on_dead)
-outbox.on_dead(JOB_RESOLVE_EVENT)(_on_dead)
 
 
 # -- operators -------------------------------------------------------------------------------

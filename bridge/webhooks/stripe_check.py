@@ -268,7 +268,6 @@ def hold_refunded(services: Services, session: Session, event: InboxEvent, refun
     return True
 
 
-@outbox.handler(JOB_VERIFY_REFUNDED)
 def verify_refunded_event(services: Services, job: OutboxJob) -> None:
     """Ask Stripe about a held REFUNDED event, then apply it or flag the refund."""
     from bridge.store.db import lock_order
@@ -318,8 +317,7 @@ def verify_refunded_event(services: Services, job: OutboxJob) -> None:
     )
 
 
-@outbox.on_dead(JOB_VERIFY_REFUNDED)
-def _verify_dead(services: Services, job: OutboxJob) -> None:
+def verify_refunded_dead(services: Services, job: OutboxJob) -> None:
     # Stripe never settled it (pending for a day, or unreachable): a person looks.
     with services.store.session() as session:
         refund = session.get(Refund, job.refund_id) if job.refund_id else None
@@ -373,7 +371,6 @@ def _pending_review_reason(settings: Settings) -> str:
     return f"no result after {hours:g} h PENDING, and Stripe cannot be asked"
 
 
-@outbox.handler(JOB_CHECK_PENDING)
 def check_pending_refund(services: Services, job: OutboxJob) -> None:
     settings = services.settings
     with services.store.session() as session:

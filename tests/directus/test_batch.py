@@ -15,8 +15,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-import bridge.directus.batch  # registers the batch handlers, as the worker does
 from bridge import create_app, worker
+from bridge.directus import batch
 from bridge.directus.projection import upsert_refund_item
 from bridge.ledger import ledger
 from bridge.services import Services
@@ -146,7 +146,7 @@ def test_flow_calls_are_made_side_by_side_and_each_recorded_as_it_answers(
     most_in_flight = 0
     done_when_called: list[int] = []
     lock = threading.Lock()
-    real_trigger = bridge.directus.batch.trigger_flow
+    real_trigger = batch.trigger_flow
 
     def watched_trigger(services_: Services, body: dict[str, Any]) -> None:
         nonlocal in_flight, most_in_flight
@@ -170,7 +170,7 @@ def test_flow_calls_are_made_side_by_side_and_each_recorded_as_it_answers(
             with lock:
                 in_flight -= 1
 
-    monkeypatch.setattr(bridge.directus.batch, "trigger_flow", watched_trigger)
+    monkeypatch.setattr(batch, "trigger_flow", watched_trigger)
     Worker(services, WorkerOptions()).drain_due()
 
     assert 2 <= most_in_flight <= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,17 +18,15 @@ from sqlalchemy import select, update
 
 from bridge.cli import load_commands
 from bridge.config import Settings
-from bridge.jobs import outbox
+from bridge.jobs import outbox, registry
 from bridge.ledger import ledger
 from bridge.services import Services
 from bridge.store import db
 from bridge.store.models import OutboxJob, OutboxState, Refund, RefundStatus, utcnow
 from bridge.worker import (
-    HANDLER_MODULES,
     Worker,
     WorkerOptions,
     dead_fallback,
-    import_handler_modules,
     install_dead_fallback,
     prepare_store,
 )
@@ -35,9 +34,7 @@ from directus_client import DirectusClient
 from tests.support.helpers import make_settings, settings_env
 from tests.support.worker_probe import PROBE_KIND, WorkerProcess, create_probe_table, runs
 
-# `python -m bridge.cli` would not see the commands of feature modules (they register on the
-# imported `bridge.cli`, not on `__main__`); this is what the console script runs.
-COMMAND = [sys.executable, "-c", "from bridge.cli import run; run()"]
+COMMAND = [sys.executable, "-m", "bridge.cli"]
 RAN: list[int] = []
 CURRENT: dict[str, Worker] = {}
 
@@ -217,21 +214,29 @@ def test_a_store_that_does_not_answer_pauses_polling(
     down.store.dispose()
 
 
-def test_missing_handler_modules_are_reported_not_fatal() -> None:
-    missing = import_handler_modules(("bridge.directus.projection", "bridge.no_such_module_yet"))
-    assert missing == ["bridge.no_such_module_yet"]
-    assert "bridge.directus.projection" in HANDLER_MODULES
+def test_the_registry_lists_every_job_kind_the_code_enqueues() -> None:
+    # Every JOB_* constant of the bridge names a kind with a handler in the one list.
+    import bridge
+
+    root = Path(bridge.__file__).parent
+    defined = set(re.findall(r'^JOB_[A-Z_]+ = "([a-z_]+)"', _sources(root), re.M))
+    listed = [job.kind for job in registry.JOB_KINDS]
+    assert len(listed) == len(set(listed)) == 9
+    assert set(listed) == defined
+    registry.register_all()
+    assert set(listed) <= set(outbox.HANDLERS)
+    assert outbox.BATCH_ORDER[:3] == ["apply_order", "project_refund", "notify_result"]
+    assert {
+        "apply_order",
+        "project_refund",
+        "notify_result",
+        "alert_admins",
+        "resolve_event",
+    } == registry.DIRECTUS_KINDS
 
 
-def test_a_module_that_fails_to_import_is_not_hidden(tmp_path: Path) -> None:
-    broken = tmp_path / "broken_handlers.py"
-    broken.write_text("import no_such_dependency_anywhere\n")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        with pytest.raises(ModuleNotFoundError):
-            import_handler_modules(("broken_handlers",))
-    finally:
-        sys.path.remove(str(tmp_path))
+def _sources(root: Path) -> str:
+    return "\n".join(path.read_text() for path in sorted(root.rglob("*.py")))
 
 
 def test_prepare_store_migrates_or_checks(database_url: str) -> None:
