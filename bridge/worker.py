@@ -443,6 +443,9 @@ def run_worker(
             lock.acquire()
         prepare_store(services.store, migrate=migrate)
         registry.register_all()
+        from bridge.metrics import count_ledger_changes
+
+        count_ledger_changes()  # before any job runs (the metrics are built on first use)
         # Process-wide, so only in the worker process (where jobs run out of retries).
         install_dead_fallback(tuple(sorted(outbox.HANDLERS)))
         options = WorkerOptions.from_settings(settings)

@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from bridge import metrics
 from bridge.store.models import Refund, RefundStatus, RefundStatusChange, utcnow
 
 # What each status may move to.
@@ -41,7 +40,6 @@ def record_created(
     refund.history.append(
         RefundStatusChange(from_status=None, to_status=refund.status, source=source, detail=detail)
     )
-    metrics.count_refund_created(refund)
 
 
 def transition(refund: Refund, new_status: str, *, source: str, detail: str | None = None) -> bool:
@@ -59,7 +57,6 @@ def transition(refund: Refund, new_status: str, *, source: str, detail: str | No
     refund.updated_at = utcnow()
     if new_status in (RefundStatus.REFUNDED, RefundStatus.FAILED):
         refund.resolved_at = refund.updated_at
-        metrics.count_refund_resolved(refund, new_status)
     if current == RefundStatus.FAILED and new_status == RefundStatus.REFUNDED:
         flag_review(refund, "refunded after it had failed", source=source)
     return True

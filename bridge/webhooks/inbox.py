@@ -37,7 +37,6 @@ from bridge.directus.alerts import enqueue_admin_alert
 from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger
-from bridge.ledger.results import apply_result
 from bridge.store.db import lock_order
 from bridge.store.models import (
     InboxEvent,
@@ -49,6 +48,7 @@ from bridge.store.models import (
     utcnow,
 )
 from bridge.webhooks import stripe_check
+from bridge.webhooks.apply import apply_event
 from directus_client import DirectusError
 
 if TYPE_CHECKING:
@@ -243,61 +243,14 @@ def _submission_in_flight(session: Session, order_id: str) -> bool:
     return found is not None
 
 
-def _apply(
-    session: Session, event: InboxEvent, refund: Refund, *, services: Services | None = None
-) -> None:
-    if refund.order_id != event.external_order_id:
-        # RideNDine's refund id names a refund of another order: never apply that blindly.
-        event.state = InboxState.FAILED
-        event.last_error = (
-            f"refund {refund.id} (RideNDine {event.ridendine_refund_id}) belongs to order "
-            f"{refund.order_id}, the webhook says order {event.external_order_id}"
-        )
-        enqueue_admin_alert(
-            session,
-            dedupe_key=f"inbox-mismatch:{event.id}",
-            subject=f"Refund webhook {event.id} names the wrong order",
-            message=f"Inbox event {event.id} was not applied: {event.last_error}.",
-            refund_id=refund.id,
-        )
+def _apply_or_hold(services: Services, session: Session, event: InboxEvent, refund: Refund) -> None:
+    """Apply the event, except a REFUNDED that first waits for Stripe's word (when a Stripe key
+    is set): its `verify_refunded` job applies it (bridge/webhooks/stripe_check.py)."""
+    if refund.order_id == event.external_order_id and stripe_check.hold_refunded(
+        services, session, event, refund
+    ):
         return
-    if services is not None and stripe_check.hold_refunded(services, session, event, refund):
-        # REFUNDED waits for Stripe's word; its job applies it (bridge/webhooks/stripe_check.py)
-        return
-    payload = event.payload or {}
-    outcome = apply_result(
-        session,
-        refund,
-        event.status,
-        amount_cents=event.amount_cents,
-        source=ledger.SOURCE_WEBHOOK,
-        failure_reason=payload.get("failure_reason"),
-        detail=f"webhook {event.webhook_id} (inbox event {event.id})",
-    )
-    currency = payload.get("currency_code")
-    if isinstance(currency, str) and currency.strip().upper() != refund.currency.upper():
-        flag_for_review(
-            session,
-            refund,
-            f"RideNDine reports currency {currency.strip()[:8]!r}, the refund is in "
-            f"{refund.currency}",
-            source=ledger.SOURCE_WEBHOOK,
-        )
-    event.state = InboxState.APPLIED
-    event.refund_id = refund.id
-    event.processed_at = utcnow()
-    event.next_attempt_at = None
-    event.last_error = None
-    log.info(
-        "refund result applied",
-        extra={
-            "inbox_event_id": event.id,
-            "refund_id": refund.id,
-            "status_before": outcome.status_before,
-            "status_after": outcome.status_after,
-            "changed": outcome.changed,
-        },
-    )
+    apply_event(session, event, refund)
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -368,7 +321,7 @@ def _process(services: Services, session: Session, event: InboxEvent) -> None:
     lock_order(session, event.external_order_id)
     refund = match_local(session, event)
     if refund is not None:
-        _apply(session, event, refund, services=services)
+        _apply_or_hold(services, session, event, refund)
         return
     event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
     outbox.enqueue(
@@ -387,7 +340,7 @@ def resolve_event(services: Services, job: OutboxJob) -> None:
         lock_order(session, event.external_order_id)
         refund = match_local(session, event)
         if refund is not None:
-            _apply(session, event, refund, services=services)
+            _apply_or_hold(services, session, event, refund)
             return
         order_id = event.external_order_id
         if job.attempts < IN_FLIGHT_WAIT_ATTEMPTS and _submission_in_flight(session, order_id):
@@ -417,7 +370,7 @@ def resolve_event(services: Services, job: OutboxJob) -> None:
         if refund is None and order is not None:
             refund = _outside_refund(services, session, event, order)
         if refund is not None:
-            _apply(session, event, refund, services=services)
+            _apply_or_hold(services, session, event, refund)
             return
         event.state = InboxState.UNMATCHED
         retry = _retry(event, job, f"order {order_id} is not in Directus")

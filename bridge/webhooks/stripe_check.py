@@ -38,7 +38,9 @@ from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger, results
 from bridge.metrics import instrumented_session
+from bridge.store.db import lock_order
 from bridge.store.models import InboxEvent, InboxState, OutboxJob, Refund, RefundStatus, utcnow
+from bridge.webhooks.apply import apply_event
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -270,9 +272,6 @@ def hold_refunded(services: Services, session: Session, event: InboxEvent, refun
 
 def verify_refunded_event(services: Services, job: OutboxJob) -> None:
     """Ask Stripe about a held REFUNDED event, then apply it or flag the refund."""
-    from bridge.store.db import lock_order
-    from bridge.webhooks import inbox
-
     event_id = job.payload.get("event_id")
     with services.store.session() as session:
         event = session.get(InboxEvent, event_id) if isinstance(event_id, int) else None
@@ -304,7 +303,7 @@ def verify_refunded_event(services: Services, job: OutboxJob) -> None:
         if refund is None:
             return
         if verdict.check in (Check.CONFIRMED, Check.NOT_CHECKED):
-            inbox._apply(session, event, refund)  # no services: applied, not held again
+            apply_event(session, event, refund)
         else:
             flag_unconfirmed(session, refund, verdict, source=ledger.SOURCE_WEBHOOK)
             event.state = InboxState.FAILED
