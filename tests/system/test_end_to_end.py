@@ -136,7 +136,8 @@ def stack(
 
 def people(admin: DirectusClient) -> dict[str, dict[str, Any]]:
     return {
-        "admin": make_user(admin, admin=True),
+        # Directus e-mails them the "request refund" Flow's notification.
+        "admin": make_user(admin, admin=True, email_notifications=True),
         "customer": make_user(admin),
         "other_customer": make_user(admin),
         "chef": make_user(admin),
