@@ -282,9 +282,22 @@ def _order_pk(fields: list[dict[str, Any]], orders: str) -> dict[str, Any]:
 
 def _meta_differences(current: dict[str, Any] | None, wanted: dict[str, Any]) -> dict[str, Any]:
     """The keys of `wanted` whose value differs in `current` (keys we do not set are the
-    admins', and left alone)."""
+    admins', and left alone). Translations: ours (`en-US`) are put back, the admins' other
+    languages are kept."""
     current = current or {}
-    return {key: value for key, value in wanted.items() if current.get(key) != value}
+    differences = {key: value for key, value in wanted.items() if current.get(key) != value}
+    if "translations" in differences:
+        theirs = [
+            entry
+            for entry in current.get("translations") or []
+            if entry.get("language") not in {ours["language"] for ours in wanted["translations"]}
+        ]
+        merged = theirs + list(wanted["translations"])
+        if sorted(map(repr, merged)) == sorted(map(repr, current.get("translations") or [])):
+            del differences["translations"]
+        else:
+            differences["translations"] = merged
+    return differences
 
 
 # Directus on SQLite reads a decimal column's type back as float (SQLite has no decimal type).

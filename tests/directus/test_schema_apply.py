@@ -5,13 +5,19 @@ runs on a second, empty Directus (`spare_directus`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from bridge.cli import load_commands
 from bridge.config import OrderFields
-from bridge.directus.schema import SchemaError, apply_schema, create_demo_orders
+from bridge.directus.schema import (
+    REFUNDS_LIST_FIELDS,
+    SchemaError,
+    apply_schema,
+    create_demo_orders,
+)
 from devstack.directus import DirectusServer
 from directus_client import DirectusClient
 from tests.support.helpers import make_settings, settings_env, unique_id
@@ -213,3 +219,74 @@ def test_schema_apply_with_a_bad_token_fails_with_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("refund-bridge: Directus: 401 INVALID_CREDENTIALS")
     assert "not-a-token" not in line
+
+
+def test_the_refunds_list_bookmarks_and_names_are_put_in_place(
+    directus_admin: DirectusClient, names: tuple[OrderFields, str]
+) -> None:
+    orders, refunds = names
+    apply_schema(directus_admin, orders, refunds_collection=refunds)
+
+    def shared_presets() -> dict[str | None, dict[str, Any]]:
+        found = directus_admin.list_system(
+            "presets", filter={"collection": {"_eq": refunds}, "user": {"_null": True}}
+        )
+        return {p["bookmark"]: p for p in found}
+
+    presets = shared_presets()
+    assert set(presets) == {None, "Needs review", "Pending"}
+    default = presets[None]
+    assert (default["layout"], default["role"], default["filter"]) == ("tabular", None, None)
+    assert default["layout_query"]["tabular"] == {
+        "fields": REFUNDS_LIST_FIELDS,
+        "sort": ["-created_at"],
+        "page": 1,
+    }
+    assert REFUNDS_LIST_FIELDS == [
+        "status",
+        "order_id",
+        "amount",
+        "reason",
+        "requested_by",
+        "created_at",
+        "needs_review",
+    ]
+    assert presets["Needs review"]["filter"] == {"needs_review": {"_eq": True}}
+    assert presets["Pending"]["filter"] == {"status": {"_eq": "PENDING"}}
+    fields = fields_of(directus_admin, refunds)
+    assert fields["amount_cents"]["meta"]["hidden"] is True  # type: ignore[index]
+    assert fields["amount"]["meta"]["translations"] == [  # type: ignore[index]
+        {"language": "en-US", "translation": "Amount"}
+    ]
+
+    # An admin re-sorted the default list, renamed a field in English, named it in German,
+    # and saved a bookmark of their own: ours are put back, theirs kept.
+    directus_admin.update_system(
+        "presets", default["id"], {"layout_query": {"tabular": {"sort": ["amount"]}}}
+    )
+    directus_admin.update_field(
+        refunds,
+        "status",
+        {
+            "meta": {
+                "translations": [
+                    {"language": "en-US", "translation": "State"},
+                    {"language": "de-DE", "translation": "Status (de)"},
+                ]
+            }
+        },
+    )
+    own = directus_admin.create_system(
+        "presets",
+        {"collection": refunds, "bookmark": "Mine", "layout": "tabular", "filter": None},
+    )
+    plan = apply_schema(directus_admin, orders, refunds_collection=refunds)
+    assert sorted(plan.changes) == [
+        f"update field {refunds}.status: translations",
+        f"update preset {refunds}: default layout (layout_query)",
+    ]
+    translations = fields_of(directus_admin, refunds)["status"]["meta"]["translations"]  # type: ignore[index]
+    assert sorted(t["translation"] for t in translations) == ["Status", "Status (de)"]
+    assert shared_presets()[None]["layout_query"]["tabular"]["sort"] == ["-created_at"]
+    assert own["id"] in {p["id"] for p in shared_presets().values()}
+    assert apply_schema(directus_admin, orders, refunds_collection=refunds).in_place
