@@ -183,6 +183,7 @@ def _needs(settings: Settings) -> dict[str, Needs]:
         "directus_users": (("read", ("id", "email", "status")),),
         "directus_policies": (("read", None),),
         "directus_flows": (("read", None),),
+        "directus_notifications": (("read", None), ("create", None)),
     }
 
 
@@ -190,6 +191,7 @@ _WHY = {
     "directus_users": "(customers' and chefs' e-mails)",
     "directus_policies": "(who is an admin)",
     "directus_flows": "(to find and trigger the Flows)",
+    "directus_notifications": "(in-app notifications to the admins)",
 }
 
 

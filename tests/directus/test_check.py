@@ -23,6 +23,7 @@ BRIDGE_GRANTS: dict[str, tuple[str, ...]] = {
     "directus_policies": ("read",),
     "directus_flows": ("read",),
     "directus_operations": ("read",),
+    "directus_notifications": ("read", "create"),
 }
 
 
