@@ -72,6 +72,10 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "source",
     "ridendine_refund_id",
     "needs_review",
+    # The amounts as people read them (docs/directus.md, "How money is shown"): an item
+    # projected before they existed is rewritten by --fix.
+    "amount",
+    "refunded_amount",
 )
 _INTEGER_FIELDS = frozenset({"amount_cents", "refunded_amount_cents"})
 
