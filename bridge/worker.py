@@ -9,6 +9,8 @@ An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a 
   that dies stops renewing and its jobs are taken over when the lease runs out.
 - `pending_refunds`: queues a check of every refund PENDING for longer than
   `BRIDGE_PENDING_STALE_SECONDS` (bridge/stripe_check.py).
+- `waiting_refunds`: reminds the admins, once, of each refund REQUESTED for longer than
+  `BRIDGE_APPROVAL_REMIND_SECONDS` (bridge/refunds/approval.py).
 - `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
   (bridge/housekeeping.py).
 
@@ -60,6 +62,7 @@ HANDLER_MODULES: tuple[str, ...] = (
     "bridge.projection",
     "bridge.refunds.submission",
     "bridge.refunds.service",
+    "bridge.refunds.approval",
     "bridge.ridendine",
     "bridge.results",
     "bridge.order_status",
@@ -78,7 +81,14 @@ BATCH_SIZE = 300
 DIRECTUS_PROBE_SECONDS = 2.0
 # The job kinds that need Directus (paused while it is down).
 DIRECTUS_KINDS = frozenset(
-    {"apply_order", "project_refund", "notify_result", "alert_admins", "resolve_event"}
+    {
+        "apply_order",
+        "project_refund",
+        "notify_result",
+        "alert_admins",
+        "resolve_event",
+        "notify_approval",
+    }
 )
 STALE_SCAN_MAX_SECONDS = 60.0
 HOUSEKEEPING_EVERY = timedelta(hours=24)
@@ -343,6 +353,20 @@ class Worker:
         if queued:
             log.info("queued %d check(s) of stale PENDING refunds", queued)
 
+    def scan_waiting_refunds(self) -> None:
+        from bridge.refunds import approval
+
+        try:
+            reminded = approval.enqueue_reminders(self.services)
+        except SQLAlchemyError as exc:
+            log.warning("scanning refunds waiting for approval failed: %s", _store_error(exc))
+            return
+        except Exception:
+            log.exception("scanning refunds waiting for approval failed")
+            return
+        if reminded:
+            log.info("reminded the admins of %d refund(s) waiting for approval", reminded)
+
     def housekeeping(self) -> None:
         from bridge import housekeeping
 
@@ -396,6 +420,13 @@ class Worker:
             id="pending_refunds",
             next_run_time=now,
         )
+        scheduler.add_job(
+            self.scan_waiting_refunds,
+            "interval",
+            seconds=options.stale_scan_seconds,
+            id="waiting_refunds",
+            next_run_time=now,
+        )
         if options.housekeeping:
             scheduler.add_job(
                 self.housekeeping,
@@ -435,6 +466,7 @@ class Worker:
     def run_once(self) -> int:
         """Every due job and each periodic check once, in this thread; return jobs run."""
         self.scan_pending_refunds()
+        self.scan_waiting_refunds()
         if self.options.housekeeping:
             self.housekeeping()
         return self.drain_due()

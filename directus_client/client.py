@@ -494,6 +494,28 @@ class DirectusClient:
                         emails.append(user["email"])
         return sorted(set(emails))
 
+    def admin_user_ids(self) -> list[str]:
+        """Ids of the active users with admin access (for in-app notifications)."""
+        policies = _data(
+            self.request(
+                "GET",
+                "/policies",
+                params={
+                    "filter": {"admin_access": {"_eq": True}},
+                    "fields": "users.user.id,users.user.status,"
+                    "roles.role.users.id,roles.role.users.status",
+                    "limit": -1,
+                },
+            )
+        )
+        ids: set[str] = set()
+        for policy in policies or []:
+            users = [(access or {}).get("user") or {} for access in policy.get("users") or []]
+            for access in policy.get("roles") or []:
+                users += ((access or {}).get("role") or {}).get("users") or []
+            ids |= {str(u["id"]) for u in users if u.get("status") == "active" and u.get("id")}
+        return sorted(ids)
+
     # -- flows -------------------------------------------------------------------------------
 
     def trigger_flow(
