@@ -293,13 +293,13 @@ class Receiver:
         self.server.server_close()
 
 
-def wait_until_loaded(client: DirectusClient, flow_id: str) -> None:
+def wait_until_loaded(client: DirectusClient, flow_id: str, collection: str = "orders") -> None:
     """Directus loads a new Flow in the background: until then its trigger answers 403. An
     empty selection is refused by the Flow itself once it is there (nothing is called)."""
 
     def loaded() -> bool:
         try:
-            client.trigger_flow(flow_id, {"collection": "orders", "keys": []}, token=None)
+            client.trigger_flow(flow_id, {"collection": collection, "keys": []}, token=None)
         except ForbiddenError:
             return False
         return True
@@ -398,7 +398,7 @@ def test_approve_or_deny_calls_the_bridge_as_the_user_who_pressed_it(
     )
     flow_id = {r.key: r.flow_id for r in sync_flows(admin, params)}[APPROVE_OR_DENY]
     assert flow_id
-    wait_until_loaded(admin, flow_id)
+    wait_until_loaded(admin, flow_id, "refunds")
     flow = admin.list_flows(filter={"id": {"_eq": flow_id}})[0]
     assert (flow["trigger"], flow["options"]["collections"]) == ("manual", ["refunds"])
     assert [f["field"] for f in flow["options"]["fields"]] == ["decision", "comment"]
