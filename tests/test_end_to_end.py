@@ -370,6 +370,88 @@ def test_the_request_refund_flow_gets_a_refund_through(stack: Stack) -> None:
     assert note.subject == f"Refund requested for order {order_id}"
 
 
+def trigger_request_refund(stack: Stack, token: str, order_id: str, **dialog: Any) -> Any:
+    """Press "request refund" on an order's page, as the Directus app does."""
+    flow_id = find_flow_id(stack.admin, REQUEST_REFUND)
+    assert flow_id
+    answer = requests.post(
+        f"{stack.directus.url}/flows/trigger/{flow_id}",
+        json={"collection": "orders", "keys": [order_id], **dialog},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_request_refund_flow_acts_for_the_user_who_pressed_it(stack: Stack) -> None:
+    """Directus lets any signed-in user trigger a manual Flow: the bridge, not the button,
+    decides, with the rights of the user who pressed it (docs/directus.md)."""
+    who = people(stack.admin)
+    customer_role = stack.admin.create_system("roles", {"name": f"Customer {time.time_ns()}"})
+    customer = make_user(stack.admin, role=customer_role["id"])
+    nobody = who["other_customer"]  # no role, no policy, no order of their own
+    theirs = stack.order(customer, who["chef"], 3000)
+    someone_elses = stack.order(who["customer"], who["chef"], 4000)
+
+    refused = [
+        (
+            nobody,
+            trigger_request_refund(
+                stack, nobody["token"], someone_elses, reason="chef_rejected", amount_cents=500
+            ),
+        ),
+        (
+            nobody,
+            trigger_request_refund(
+                stack, nobody["token"], someone_elses, reason="customer_cancel", amount_cents=500
+            ),
+        ),
+        (
+            customer,
+            trigger_request_refund(
+                stack, customer["token"], someone_elses, reason="customer_cancel"
+            ),
+        ),
+        (
+            customer,
+            trigger_request_refund(stack, customer["token"], theirs, reason="chef_rejected"),
+        ),
+    ]
+    for _user, answer in refused:
+        assert answer["ok"] is False, answer
+        assert answer["code"] == "forbidden", answer
+    # Nothing reached RideNDine or the refunds collection; the orders are untouched.
+    assert stack.sandbox.control.requests(external_order_id=someone_elses) == []
+    assert stack.admin.query_items("refunds", filter={"order_id": {"_eq": someone_elses}}) == []
+    untouched = stack.admin.get_item("orders", someone_elses)
+    assert (untouched["payment_status"], untouched["status"]) == ("PAID", "DELIVERED")
+    # Each was told why, in a Directus notification.
+    for user in (nobody, customer):
+        notes = stack.admin.list_system(
+            "notifications",
+            filter={"recipient": {"_eq": user["id"]}},
+            fields=["subject", "message"],
+        )
+        assert any(
+            n["subject"].endswith("not requested") and "(forbidden, HTTP 403)" in n["message"]
+            for n in notes
+        ), notes
+
+    # A customer on their own order gets what their own token would give them.
+    own = trigger_request_refund(
+        stack, customer["token"], theirs, reason="customer_cancel", amount="12.50"
+    )
+    assert own["ok"] is True, own
+    refund = own["refund"]
+    assert (refund["requested_by"], refund["requested_by_user"]) == ("customer", customer["id"])
+    assert (refund["order_id"], refund["amount_cents"]) == (theirs, 1250)
+    # Their order is DELIVERED: outside the refund policy, the request waits for an admin,
+    # exactly as with their own token, and RideNDine hears nothing yet.
+    assert refund["status"] == "REQUESTED"
+    assert stack.sandbox.control.requests(idempotency_key=refund["id"]) == []
+
+
 def test_a_customer_request_waits_and_the_approve_or_deny_flow_decides(stack: Stack) -> None:
     """The refund policy at COOCO's URLs: a customer's request on a DELIVERED order waits and
     RideNDine hears nothing; the "approve or deny" Flow, triggered as the app does it, refuses a

@@ -314,7 +314,7 @@ def receiver() -> Iterator[Receiver]:
     bridge.close()
 
 
-def test_request_refund_calls_the_bridge_as_the_admin(
+def test_request_refund_calls_the_bridge_for_the_user_who_pressed_it(
     spare_directus: DirectusServer, receiver: Receiver
 ) -> None:
     admin = DirectusClient(spare_directus.url, spare_directus.admin_token)
@@ -327,7 +327,7 @@ def test_request_refund_calls_the_bridge_as_the_admin(
     flow = admin.list_flows(filter={"id": {"_eq": flow_id}})[0]
     assert (flow["trigger"], flow["options"]["collections"]) == ("manual", ["orders"])
     assert flow["options"]["requireSelection"] is True
-    assert [f["field"] for f in flow["options"]["fields"]] == ["amount_cents", "reason", "comments"]
+    assert [f["field"] for f in flow["options"]["fields"]] == ["amount", "reason", "comments"]
 
     staff = make_user(admin, admin=True)
     as_staff = admin.with_token(staff["token"])
@@ -335,34 +335,46 @@ def test_request_refund_calls_the_bridge_as_the_admin(
     dialog = {
         "collection": "orders",
         "keys": [order_id],
-        "amount_cents": 2500,
+        "amount": "25.00",
         "reason": "chef_rejected",
         "comments": "the chef cancelled",
     }
-    refund = {"id": "rf_1", "status": "PENDING", "amount_cents": 2500}
+    refund = {"id": "rf_1", "status": "PENDING", "amount_cents": 2500, "currency": "EUR"}
     receiver.answer = (202, {"refund": refund})
     first = as_staff.trigger_flow(flow_id, dialog, token=None)
     second = as_staff.trigger_flow(flow_id, dialog, token=None)  # a double click
     assert first == second == {"ok": True, "refund": refund}
     (headers, body), (headers_again, _) = receiver.calls
     assert headers["Authorization"] == f"Bearer {SERVICE_TOKEN}"
+    # The user who pressed the button, never a claim of being an admin: the bridge applies that
+    # user's own rights (Directus lets any signed-in user trigger a manual Flow).
+    assert headers["X-Directus-User-Id"] == staff["id"]
     assert body == {
         "order_id": order_id,
         "reason": "chef_rejected",
-        "requested_by": "admin",
-        "requested_by_user": staff["id"],
         "amount_cents": 2500,
         "reason_comments": "the chef cancelled",
     }
+    notes = admin.list_system(
+        "notifications", filter={"recipient": {"_eq": staff["id"]}}, fields=["subject", "message"]
+    )
+    assert {
+        "subject": f"Refund requested for order {order_id}",
+        "message": "refund-bridge accepted a refund of 25.00 EUR (sent to RideNDine; refund rf_1)."
+        " The customer, the chef and the admins get an e-mail when RideNDine reports the result.",
+    } in notes
     assert headers["Idempotency-Key"].startswith("directus-flow-request-refund-")
     assert headers_again["Idempotency-Key"] == headers["Idempotency-Key"]
 
-    # Another amount is another request; no amount asks for all that is refundable.
-    as_staff.trigger_flow(flow_id, {**dialog, "amount_cents": 100}, token=None)
-    as_staff.trigger_flow(flow_id, {**dialog, "amount_cents": None}, token=None)
+    # Another amount is another request; no amount asks for all that is refundable. Money
+    # in the dialog, or whole cents from a caller of POST /flows/trigger.
+    as_staff.trigger_flow(flow_id, {**dialog, "amount": "1,5"}, token=None)
+    as_staff.trigger_flow(flow_id, {**dialog, "amount": None}, token=None)
+    del dialog["amount"]
+    as_staff.trigger_flow(flow_id, {**dialog, "amount_cents": 7}, token=None)
     keys = [h["Idempotency-Key"] for h, _ in receiver.calls]
-    assert len(set(keys)) == 3
-    assert "amount_cents" not in receiver.calls[-1][1]
+    assert len(set(keys)) == 4
+    assert [body.get("amount_cents") for _, body in receiver.calls[2:]] == [150, None, 7]
 
     # The bridge's refusal is told to the admin, in the answer and as a notification.
     receiver.answer = (
@@ -379,9 +391,17 @@ def test_request_refund_calls_the_bridge_as_the_admin(
 
     # Bad input never reaches the bridge.
     calls = len(receiver.calls)
-    for bad in ({**dialog, "amount_cents": "12.5"}, {**dialog, "keys": []}):
+    for bad in (
+        {**dialog, "amount_cents": "12.5"},
+        {**dialog, "amount": "12.505"},
+        {**dialog, "amount": "0.00"},
+        {**dialog, "amount": "-3"},
+        {**dialog, "amount": "ten"},
+        {**dialog, "keys": []},
+        {**dialog, "keys": [order_id, "another"]},
+    ):
         answer = as_staff.trigger_flow(flow_id, bad, token=None)
-        assert answer["ok"] is False
+        assert answer["ok"] is False, bad
     assert len(receiver.calls) == calls
     admin.close()
 
