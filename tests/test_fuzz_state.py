@@ -336,7 +336,7 @@ def test_the_bridge_never_commits_more_than_was_paid(
     order = make_order(target.admin, amount_paid_cents=paid)
     committed = 0  # the model: refunds asked for and not FAILED or DENIED
     refunds: list[dict[str, Any]] = []  # with their amount and whether they still count
-    asked: list[dict[str, Any]] = []  # customers' requests, with whether they still wait
+    waiting_requests: list[dict[str, Any]] = []  # customers' requests, and whether they wait
     acting_admin = {
         "Authorization": f"Bearer {SERVICE_TOKEN}",
         "X-Directus-User-Id": target.admin_user_id,
@@ -344,9 +344,9 @@ def test_the_bridge_never_commits_more_than_was_paid(
     for kind, value in steps:
         FIGURES["amount_steps"] += 1
         if kind in ("approve", "deny"):
-            if not asked:
+            if not waiting_requests:
                 continue
-            request = asked[value % len(asked)]
+            request = waiting_requests[value % len(waiting_requests)]
             answer = target.client.post(
                 f"/ridendine/refunds/{request['id']}/{kind}", headers=acting_admin
             )
@@ -388,7 +388,7 @@ def test_the_bridge_never_commits_more_than_was_paid(
                 shown = answer.get_json()["refund"]
                 assert (shown["status"], shown["amount_cents"]) == ("REQUESTED", wanted)
                 assert shown["ridendine_refund_id"] is None  # RideNDine hears nothing
-                asked.append({"id": shown["id"], "amount": wanted, "waiting": True})
+                waiting_requests.append({"id": shown["id"], "amount": wanted, "waiting": True})
                 committed += wanted
             else:
                 assert answer.status_code == 409, answer.get_json()

@@ -504,6 +504,8 @@ def test_a_request_waiting_too_long_is_reminded_once(
     directus_admin: DirectusClient,
     customer: dict[str, Any],
     admin: dict[str, Any],
+    refund_flows: dict[str, str],
+    smtp_sink: SmtpSink,
 ) -> None:
     order = make_order(directus_admin, customer=customer["id"])
     old = ask(api, order["id"], customer, amount_cents=100).get_json()["refund"]
@@ -526,3 +528,15 @@ def test_a_request_waiting_too_long_is_reminded_once(
     assert ("notify_approval", f"approval:{old['id']}:reminder:app") in jobs(services, old["id"])
     assert not [k for _, k in jobs(services, fresh["id"]) if "reminder" in k]
     assert not [k for _, k in jobs(services, decided["id"]) if "reminder" in k]
+
+    # The reminder reaches the admins: an e-mail through the Flow, a notification each.
+    outbox.drain(services)
+    (reminder,) = smtp_sink.wait_for(f"Order {order['id']}: refund of 1.00 EUR still waits", 1)
+    assert reminder.rcpt_to == ("admins@example.com",)
+    assert old["id"] in reminder.text()
+    notes = directus_admin.list_system(
+        "notifications",
+        filter={"_and": [{"item": {"_eq": old["id"]}}, {"recipient": {"_eq": admin["id"]}}]},
+        fields=["subject"],
+    )
+    assert any("is still waiting for approval" in n["subject"] for n in notes), notes
