@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 
-from bridge import notify, outbox
-from bridge.auth import ROLE_CUSTOMER
-from bridge.models import OutboxJob, Refund, RefundStatus, utcnow
-from bridge.projection import REFUNDS_COLLECTION
+from bridge.directus import notify
+from bridge.directus.projection import REFUNDS_COLLECTION
+from bridge.jobs import outbox
+from bridge.store.models import OutboxJob, Refund, RefundStatus, utcnow
+from bridge.web.auth import ROLE_CUSTOMER
 from directus_client import DirectusError
 
 if TYPE_CHECKING:
@@ -214,8 +215,8 @@ def _notify_in_app(services: Services, refund: Refund, event: str) -> int:
     return len(admins)
 
 
-@outbox.handler(JOB_NOTIFY_APPROVAL)
-def _notify_approval(services: Services, job: OutboxJob) -> None:
+def notify_approval(services: Services, job: OutboxJob) -> None:
+    """The `notify_approval` job (bridge/jobs/registry.py): one notice of the refund policy."""
     event = str(job.payload.get("event") or "")
     channel = str(job.payload.get("channel") or "")
     if event not in FLOW_KINDS or channel not in (CHANNEL_MAIL, CHANNEL_APP):

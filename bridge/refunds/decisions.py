@@ -22,9 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError
 
-from bridge import ledger, outbox
-from bridge.auth import Caller
-from bridge.db import lock_order
+from bridge.directus.projection import enqueue_projection
 from bridge.errors import (
     AmountExceedsRefundable,
     Forbidden,
@@ -32,11 +30,14 @@ from bridge.errors import (
     RefundNotFound,
     ValidationProblem,
 )
-from bridge.models import Refund, RefundStatus
-from bridge.projection import enqueue_projection
-from bridge.refunds import approval, service
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.refunds import approval, intake
 from bridge.refunds.schemas import DecisionSchema
 from bridge.refunds.submission import enqueue_submission
+from bridge.store.db import lock_order
+from bridge.store.models import Refund, RefundStatus
+from bridge.web.auth import Caller
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -102,14 +103,14 @@ def _decide(refund: Refund, status: str, user_id: str, who: str, comment: str | 
     refund.decision_comment = comment
 
 
-def approve(services: Services, caller: Caller, refund_id: str, payload: Any) -> service.Answer:
+def approve(services: Services, caller: Caller, refund_id: str, payload: Any) -> intake.Answer:
     who = require_admin(caller)
     assert caller.user is not None
     comment = parse_decision(payload)
     order_id = _order_of(services, refund_id)
     # As for an admin's new request: the order must still be refundable in Directus.
-    order = service.read_order(services, order_id)
-    paid_cents = service.refundable_order(order)
+    order = intake.read_order(services, order_id)
+    paid_cents = intake.refundable_order(order)
     owner = f"approve:{uuid.uuid4().hex}"
     with services.store.session() as session:
         lock_order(session, order_id)
@@ -128,7 +129,7 @@ def approve(services: Services, caller: Caller, refund_id: str, payload: Any) ->
     # Exactly as a new request: RideNDine first, then the Directus item (one write).
     outbox.run_now(services, submit_job, owner=owner)
     outbox.run_now(services, projection_job, owner=owner)
-    answer = service.answer_for_refund(services, refund_id)
+    answer = intake.answer_for_refund(services, refund_id)
     if answer.problem is None:
         answer.status, answer.headers = 200, {}
     return answer

@@ -1,0 +1,194 @@
+"""`refund-bridge check`: one OK/FAIL line per check, exit 0 only when all is well."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+
+from click.testing import CliRunner, Result
+
+from bridge.cli import load_commands
+from devstack.directus import DirectusServer
+from devstack.net import free_port
+from directus_client import DirectusClient
+from flows import REFUND_RESULT
+from flows.sync import find_flow_id
+from tests.support.helpers import make_settings, settings_env, unique_id
+
+# What the bridge's own token needs, least privilege (docs/directus.md).
+BRIDGE_GRANTS: dict[str, tuple[str, ...]] = {
+    "orders": ("read", "update"),
+    "refunds": ("read", "create", "update"),
+    "directus_users": ("read",),
+    "directus_policies": ("read",),
+    "directus_flows": ("read",),
+    "directus_operations": ("read",),
+}
+
+
+def token_with(
+    admin: DirectusClient,
+    grants: Mapping[str, Sequence[str]],
+    *,
+    app_access: bool,
+    item_filter: dict[str, object] | None = None,
+) -> str:
+    """A user's token whose one policy grants `grants` (each with `item_filter`, if given)."""
+    policy = admin.create_system(
+        "policies", {"name": unique_id("policy"), "icon": "badge", "app_access": app_access}
+    )
+    for collection, actions in grants.items():
+        for action in actions:
+            admin.create_system(
+                "permissions",
+                {
+                    "policy": policy["id"],
+                    "collection": collection,
+                    "action": action,
+                    "fields": ["*"],
+                    "permissions": item_filter,
+                },
+            )
+    token = "check-" + secrets.token_hex(16)
+    admin.create_system(
+        "users",
+        {
+            "email": f"{unique_id('check')}@example.com",
+            "token": token,
+            "status": "active",
+            "policies": {"create": [{"policy": policy["id"]}]},
+        },
+    )
+    return token
+
+
+def run(runner: CliRunner, env: dict[str, str], *args: str) -> Result:
+    return runner.invoke(load_commands(), list(args), env=env)
+
+
+def lines(result: Result) -> list[str]:
+    return result.stdout.splitlines()
+
+
+def test_check_fails_for_a_read_only_token(
+    cooco_directus: DirectusServer, directus_admin: DirectusClient, runner: CliRunner
+) -> None:
+    read_only = token_with(
+        directus_admin, {"orders": ("read",), "refunds": ("read",)}, app_access=False
+    )
+    env = settings_env(make_settings(cooco_directus.url, read_only))
+    result = run(runner, env, "check")
+    assert result.exit_code == 1
+    output = lines(result)
+    assert output[:3] == [
+        "OK    configuration",
+        f"OK    Directus answers at {cooco_directus.url}",
+        output[2],
+    ]
+    assert output[2].startswith("OK    the token is valid (Directus user ")
+    assert "FAIL  cannot read and update orders: no update permission" in output
+    assert (
+        "FAIL  cannot read, create and update refunds: no create permission; no update permission"
+    ) in output
+    assert any(line.startswith("FAIL  schema: the token may not read") for line in output)
+    failures = [line for line in output if line.startswith("FAIL")]
+    assert result.stderr.strip().splitlines() == [
+        f"refund-bridge: check: {len(failures)} of {len(output)} checks failed"
+    ]
+    assert read_only not in result.output
+
+
+def test_check_passes_after_schema_apply_and_flows_sync(
+    cooco_directus: DirectusServer, directus_admin: DirectusClient, runner: CliRunner
+) -> None:
+    env = settings_env(make_settings(cooco_directus.url, cooco_directus.admin_token))
+    assert run(runner, env, "flows", "sync").exit_code == 0
+    # An admin switched the "refund result" Flow off: check says so, and what to do.
+    flow_id = find_flow_id(directus_admin, REFUND_RESULT)
+    assert flow_id is not None
+    directus_admin.update_flow(flow_id, {"status": "inactive"})
+    broken = run(runner, env, "check")
+    assert broken.exit_code == 1
+    assert (
+        f"FAIL  flow refund-result ({flow_id}) differs from its definition (set status): "
+        "run `refund-bridge flows sync`"
+    ) in lines(broken)
+
+    applied = run(runner, env, "schema", "apply")
+    assert applied.exit_code == 0, applied.output
+    synced = run(runner, env, "flows", "sync")
+    assert synced.exit_code == 0, synced.output
+    assert f"refund-result  {flow_id}  updated" in lines(synced)
+    assert lines(synced)[-1] == "refund-result accepts BRIDGE_FLOW_SECRET"
+
+    result = run(runner, env, "check")
+    assert result.exit_code == 0, result.output
+    output = lines(result)
+    assert all(line.startswith("OK    ") for line in output), output
+    assert (
+        "OK    schema is in place (refunds, refunds.order_id -> orders, orders.refunds)" in output
+    )
+    assert f"OK    flow refund-result is in place ({flow_id})" in output
+    assert (
+        "OK    the refund-result Flow accepts BRIDGE_FLOW_SECRET (test call, no e-mail)" in output
+    )
+    assert result.stderr == ""
+
+
+def test_check_passes_with_a_least_privilege_bridge_token(
+    cooco_directus: DirectusServer, directus_admin: DirectusClient, runner: CliRunner
+) -> None:
+    admin_env = settings_env(make_settings(cooco_directus.url, cooco_directus.admin_token))
+    assert run(runner, admin_env, "flows", "sync").exit_code == 0
+    token = token_with(directus_admin, BRIDGE_GRANTS, app_access=True)
+    result = run(runner, settings_env(make_settings(cooco_directus.url, token)), "check")
+    assert result.exit_code == 0, result.output
+
+
+def test_check_fails_when_a_filter_hides_orders(
+    cooco_directus: DirectusServer, directus_admin: DirectusClient, runner: CliRunner
+) -> None:
+    token = token_with(
+        directus_admin,
+        {"orders": ("read", "update")},
+        app_access=False,
+        item_filter={"status": {"_eq": "NEW"}},
+    )
+    result = run(runner, settings_env(make_settings(cooco_directus.url, token)), "check")
+    assert result.exit_code == 1
+    assert (
+        "FAIL  cannot read and update orders: read limited to some items by a permission "
+        "filter; update limited to some items by a permission filter"
+    ) in lines(result)
+
+
+def test_check_tells_a_wrong_flow_secret(cooco_directus: DirectusServer, runner: CliRunner) -> None:
+    env = settings_env(make_settings(cooco_directus.url, cooco_directus.admin_token))
+    assert run(runner, env, "flows", "sync").exit_code == 0
+    env["BRIDGE_FLOW_SECRET"] = "another-secret-0123456789"
+    result = run(runner, env, "check")
+    assert result.exit_code == 1
+    assert "FAIL  the refund-result Flow refuses a test call: forbidden" in lines(result)
+    assert "another-secret" not in result.output
+
+
+def test_check_stops_early_when_directus_cannot_be_used(
+    cooco_directus: DirectusServer, runner: CliRunner
+) -> None:
+    bad_token = run(
+        runner, settings_env(make_settings(cooco_directus.url, "no-such-token-01234567")), "check"
+    )
+    assert bad_token.exit_code == 1
+    assert lines(bad_token)[-1] == (
+        "FAIL  the token is not valid: Directus refuses it (BRIDGE_DIRECTUS_TOKEN)"
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    down = run(runner, settings_env(make_settings(url, "token-0123456789")), "check")
+    assert down.exit_code == 1
+    assert lines(down) == ["OK    configuration", f"FAIL  Directus does not answer at {url}"]
+
+    env = settings_env(make_settings(url, "token-0123456789"))
+    del env["BRIDGE_DIRECTUS_URL"]
+    no_config = run(runner, env, "check")
+    assert no_config.exit_code == 1
+    assert lines(no_config) == ["FAIL  configuration: BRIDGE_DIRECTUS_URL: is required but not set"]
