@@ -173,7 +173,7 @@ def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:
 def dead_fallback(services: Services, job: OutboxJob) -> None:
     """A job of a kind with no `on_dead` of its own ran out of retries: its refund is flagged
     for review (admins alerted, the flag projected), or without a refund the admins are told."""
-    from bridge.directus.notify import flag_for_review
+    from bridge.ledger.review import flag_for_review
 
     reason = f"background job {job.kind} gave up after {job.attempts} attempt(s): {job.last_error}"
     with services.store.session() as session:

@@ -44,7 +44,6 @@ from bridge.directus.order_status import (
     alert_over_refund,
     apply_order,
     order_changes,
-    paid_cents,
 )
 from bridge.directus.projection import (
     REFUNDS_COLLECTION,
@@ -187,7 +186,7 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         if order is None:
             outcomes[job.id] = outbox.GiveUp(f"order {refund.order_id} is not in Directus")
             continue
-        paid = paid_cents(order.get(names.amount_paid))
+        paid = ledger.as_cents(order.get(names.amount_paid))
         if paid is None or paid <= 0:
             outcomes[job.id] = outbox.GiveUp(
                 f"order {refund.order_id} has no usable {names.amount_paid}"

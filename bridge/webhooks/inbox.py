@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 
 from bridge import metrics
 from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger
+from bridge.ledger.review import flag_for_review
 from bridge.store.db import lock_order
 from bridge.store.models import (
     InboxEvent,
@@ -253,13 +253,6 @@ def _apply_or_hold(services: Services, session: Session, event: InboxEvent, refu
     apply_event(session, event, refund)
 
 
-def _text(value: Any, limit: int) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
-    return text[:limit] or None
-
-
 def _currency(value: Any) -> str | None:
     """An ISO 4217 code (three letters), upper case, or None."""
     if isinstance(value, str) and len(value.strip()) == 3 and value.strip().isalpha():
@@ -276,11 +269,11 @@ def _outside_refund(
     currency = _currency(payload.get("currency_code")) or _currency(order.get(names.currency))
     refund = Refund(
         order_id=event.external_order_id,
-        ridendine_order_id=_text(order.get("ridendine_order_id"), 255),
+        ridendine_order_id=ledger.clean_text(order.get("ridendine_order_id"), 255),
         amount_cents=event.amount_cents,
         currency=currency or services.settings.default_currency,
-        reason=_text(payload.get("reason"), 64) or "unspecified",
-        reason_comments=_text(payload.get("reason_comments"), 500),
+        reason=ledger.clean_text(payload.get("reason"), 64) or "unspecified",
+        reason_comments=ledger.clean_text(payload.get("reason_comments"), 500),
         requested_by="ridendine",
         status=RefundStatus.PENDING,
         ridendine_refund_id=event.ridendine_refund_id,

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from sqlalchemy import select
 
-from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger, results
+from bridge.ledger.review import flag_for_review
 from bridge.metrics import instrumented_session
 from bridge.store.db import lock_order
 from bridge.store.models import InboxEvent, InboxState, OutboxJob, Refund, RefundStatus, utcnow
