@@ -47,10 +47,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from bridge.config import Settings
 from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.jobs import outbox, registry
-from bridge.ledger import ledger
+from bridge.ledger.review import flag_job_refund
 from bridge.services import Services, build_services
 from bridge.store import db as store_db
-from bridge.store.models import OutboxJob, Refund
+from bridge.store.models import OutboxJob
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +173,10 @@ def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:
 def dead_fallback(services: Services, job: OutboxJob) -> None:
     """A job of a kind with no `on_dead` of its own ran out of retries: its refund is flagged
     for review (admins alerted, the flag projected), or without a refund the admins are told."""
-    from bridge.ledger.review import flag_for_review
-
     reason = f"background job {job.kind} gave up after {job.attempts} attempt(s): {job.last_error}"
+    if flag_job_refund(services, job, reason[:500]):
+        return
     with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id) if job.refund_id else None
-        if refund is not None:
-            flag_for_review(session, refund, reason[:500], source=ledger.SOURCE_WORKER)
-            return
         enqueue_admin_alert(
             session,
             dedupe_key=f"dead-job:{job.id}",

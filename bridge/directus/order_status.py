@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from bridge.jobs import outbox
 from bridge.ledger import ledger
-from bridge.ledger.review import flag_for_review
+from bridge.ledger.review import flag_job_refund
 from bridge.store.models import OutboxJob, Refund, RefundStatus
 from directus_client import DirectusError, DirectusUnavailableError, NotFoundError
 
@@ -100,24 +100,8 @@ def apply_order(services: Services, job: OutboxJob) -> None:
 def alert_over_refund(
     services: Services, job: OutboxJob, order_id: str, *, refunded: int, paid: int
 ) -> None:
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id)
-        if refund is not None:
-            flag_for_review(
-                session,
-                refund,
-                f"order {order_id} is refunded {refunded} cents of {paid} paid",
-                source=ledger.SOURCE_WORKER,
-            )
+    flag_job_refund(services, job, f"order {order_id} is refunded {refunded} cents of {paid} paid")
 
 
 def apply_order_dead(services: Services, job: OutboxJob) -> None:
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id)
-        if refund is not None:
-            flag_for_review(
-                session,
-                refund,
-                f"the order could not be updated in Directus ({job.last_error})",
-                source=ledger.SOURCE_WORKER,
-            )
+    flag_job_refund(services, job, f"the order could not be updated in Directus ({job.last_error})")

@@ -4,6 +4,7 @@ the refund's Directus item updated so that the flag shows there (docs/refunds.md
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -11,7 +12,10 @@ from bridge.directus.alerts import enqueue_admin_alert
 from bridge.directus.notify import format_amount
 from bridge.directus.projection import enqueue_projection
 from bridge.ledger import ledger
-from bridge.store.models import Refund
+from bridge.store.models import OutboxJob, Refund
+
+if TYPE_CHECKING:
+    from bridge.services import Services
 
 
 def flag_for_review(
@@ -41,3 +45,13 @@ def alert_review(session: Session, refund: Refund, reason: str) -> None:
         ),
         refund_id=refund.id,
     )
+
+
+def flag_job_refund(services: Services, job: OutboxJob, reason: str) -> bool:
+    """Flag the refund of a job that gave up (its own transaction); False when it has none."""
+    with services.store.session() as session:
+        refund = session.get(Refund, job.refund_id) if job.refund_id else None
+        if refund is None:
+            return False
+        flag_for_review(session, refund, reason, source=ledger.SOURCE_WORKER)
+        return True

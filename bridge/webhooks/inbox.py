@@ -310,16 +310,23 @@ def process_event(services: Services, job: OutboxJob) -> None:
 
 def _process(services: Services, session: Session, event: InboxEvent) -> None:
     """The `process_event` job's work on a RECEIVED event, in the caller's transaction."""
-    event.attempts += 1
-    lock_order(session, event.external_order_id)
-    refund = match_local(session, event)
-    if refund is not None:
-        _apply_or_hold(services, session, event, refund)
+    if _apply_if_matched(services, session, event):
         return
     event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
     outbox.enqueue(
         session, JOB_RESOLVE_EVENT, f"resolve:{event.id}", payload={"event_id": event.id}
     )
+
+
+def _apply_if_matched(services: Services, session: Session, event: InboxEvent) -> bool:
+    """Count a processing attempt, and apply the event when a refund of the ledger matches it."""
+    event.attempts += 1
+    lock_order(session, event.external_order_id)
+    refund = match_local(session, event)
+    if refund is None:
+        return False
+    _apply_or_hold(services, session, event, refund)
+    return True
 
 
 def resolve_event(services: Services, job: OutboxJob) -> None:
@@ -329,11 +336,7 @@ def resolve_event(services: Services, job: OutboxJob) -> None:
         event = _load_event(session, job)
         if event.state == InboxState.APPLIED or (event.state == InboxState.FAILED and not replay):
             return
-        event.attempts += 1
-        lock_order(session, event.external_order_id)
-        refund = match_local(session, event)
-        if refund is not None:
-            _apply_or_hold(services, session, event, refund)
+        if _apply_if_matched(services, session, event):
             return
         order_id = event.external_order_id
         if job.attempts < IN_FLIGHT_WAIT_ATTEMPTS and _submission_in_flight(session, order_id):

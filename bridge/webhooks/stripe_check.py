@@ -36,7 +36,7 @@ from sqlalchemy import select
 
 from bridge.jobs import outbox
 from bridge.ledger import ledger, results
-from bridge.ledger.review import flag_for_review
+from bridge.ledger.review import flag_for_review, flag_job_refund
 from bridge.metrics import instrumented_session
 from bridge.store.db import lock_order
 from bridge.store.models import InboxEvent, InboxState, OutboxJob, Refund, RefundStatus, utcnow
@@ -318,15 +318,8 @@ def verify_refunded_event(services: Services, job: OutboxJob) -> None:
 
 def verify_refunded_dead(services: Services, job: OutboxJob) -> None:
     # Stripe never settled it (pending for a day, or unreachable): a person looks.
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id) if job.refund_id else None
-        if refund is not None:
-            flag_for_review(
-                session,
-                refund,
-                f"a REFUNDED result could not be confirmed with Stripe ({job.last_error})",
-                source=ledger.SOURCE_WORKER,
-            )
+    reason = f"a REFUNDED result could not be confirmed with Stripe ({job.last_error})"
+    flag_job_refund(services, job, reason)
 
 
 # -- PENDING refunds whose result does not come ------------------------------------------------
