@@ -1,27 +1,9 @@
-"""The worker process (`refund-bridge worker`): drains the outbox and runs the periodic checks.
+"""The worker process (`refund-bridge worker`, `run_worker`): drains the outbox and runs the
+periodic checks (stale PENDING refunds, housekeeping) in an APScheduler `BackgroundScheduler`,
+never inside a web worker.
 
-An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a web worker:
-- `outbox`: every `BRIDGE_WORKER_POLL_SECONDS` (0.5 s) one indexed "is anything due" query;
-  when something is, due jobs are claimed in batches under a lease and run one by one until none
-  is due. A drain already running makes the next tick return at once (a non-blocking lock), so
-  a long drain never stacks up ticks.
-- `leases`: renews the leases of the jobs this worker holds, every third of the lease; a worker
-  that dies stops renewing and its jobs are taken over when the lease runs out.
-- `pending_refunds`: queues a check of every refund PENDING for longer than
-  `BRIDGE_PENDING_STALE_SECONDS` (bridge/webhooks/stripe_check.py).
-- `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
-  (bridge/store/housekeeping.py).
-
-Only the job kinds this build registers (bridge/jobs/registry.py) are claimed: a job of a kind
-it does not know stays pending instead of being declared dead. A job that runs out of retries is
-never dead silently: its kind's `on_dead` handler runs, or else `dead_fallback` flags its refund
-for review (admins alerted) or, without a refund, alerts the admins.
-
-SIGTERM or SIGINT: no new job is started, the job in hand is finished, the jobs claimed but not
-started are handed back, and the process exits with 0.
-
-On SQLite one worker only: an exclusive lock on a file next to the database refuses a second
-one. On PostgreSQL any number: claims use `FOR UPDATE SKIP LOCKED` plus the leases.
+docs/worker.md tells the schedule, the leases, the stop on SIGTERM, the one worker per SQLite
+store, and why a job is never dead silently (`dead_fallback`).
 """
 
 from __future__ import annotations
