@@ -16,19 +16,17 @@ least once, and a retry after a timeout can repeat a message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.projection import enqueue_projection
 from bridge.jobs import outbox
 from bridge.ledger import ledger
 from bridge.store.models import OutboxJob, Refund, RefundStatus
 from directus_client import DirectusError, ForbiddenError, NotFoundError
+from flows import REFUND_RESULT
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_NOTIFY_RESULT = "notify_result"
-REFUND_RESULT_FLOW = "refund-result"  # flows.REFUND_RESULT
 KIND_REFUND_RESULT = "refund_result"
 KIND_ADMIN_ALERT = "admin_alert"
 ADMIN_EMAILS_TTL_SECONDS = 300.0
@@ -80,35 +77,6 @@ def enqueue_notify_result(session: Session, refund: Refund, status: str) -> int 
         f"notify:{refund.id}:{status}",
         refund_id=refund.id,
         payload={"status": status},
-    )
-
-
-def flag_for_review(
-    session: Session, refund: Refund, reason: str, *, source: str, project: bool = True
-) -> bool:
-    """Flag the refund for review and alert the admins, once per refund and reason; with
-    `project`, also queue the refund's Directus item update (the flag shows there)."""
-    if not ledger.flag_review(refund, reason, source=source):
-        return False
-    alert_review(session, refund, reason)
-    if project:
-        enqueue_projection(session, refund)
-    return True
-
-
-def alert_review(session: Session, refund: Refund, reason: str) -> None:
-    """The admin alert for a review reason (deduplicated per refund and reason)."""
-    digest = hashlib.sha256(reason.encode()).hexdigest()[:16]
-    enqueue_admin_alert(
-        session,
-        dedupe_key=f"review:{refund.id}:{digest}",
-        subject=f"Refund {refund.id} on order {refund.order_id} needs review",
-        message=(
-            f"Refund {refund.id} of order {refund.order_id} "
-            f"({format_amount(refund.amount_cents, refund.currency)} requested, "
-            f"status {refund.status}) needs a person: {reason}."
-        ),
-        refund_id=refund.id,
     )
 
 
@@ -209,13 +177,13 @@ def _order_summary(refund: Refund | None, order: dict[str, Any] | None) -> dict[
 
 def refund_result_flow_id(services: Services) -> str:
     """The "refund result" Flow's id, looked up once per process."""
-    cache_key = f"flow_id:{REFUND_RESULT_FLOW}"
+    cache_key = f"flow_id:{REFUND_RESULT}"
     flow_id = services.extras.get(cache_key)
     if flow_id:
         return str(flow_id)
     from flows.sync import find_flow_id
 
-    flow_id = find_flow_id(services.directus, REFUND_RESULT_FLOW)
+    flow_id = find_flow_id(services.directus, REFUND_RESULT)
     if not flow_id:
         raise outbox.RetryLater(
             "the 'refund result' Flow is not in Directus; run `refund-bridge flows sync`"
@@ -233,7 +201,7 @@ def trigger_flow(services: Services, body: dict[str, Any]) -> None:
     try:
         answer = services.directus.trigger_flow(flow_id, body)
     except (NotFoundError, ForbiddenError) as exc:
-        services.extras.pop(f"flow_id:{REFUND_RESULT_FLOW}", None)
+        services.extras.pop(f"flow_id:{REFUND_RESULT}", None)
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
     except DirectusError as exc:
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
