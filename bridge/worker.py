@@ -78,7 +78,14 @@ BATCH_SIZE = 300
 DIRECTUS_PROBE_SECONDS = 2.0
 # The job kinds that need Directus (paused while it is down).
 DIRECTUS_KINDS = frozenset(
-    {"apply_order", "project_refund", "notify_result", "alert_admins", "resolve_event"}
+    {
+        "apply_order",
+        "project_refund",
+        "notify_result",
+        "notify_result_admins",
+        "alert_admins",
+        "resolve_event",
+    }
 )
 STALE_SCAN_MAX_SECONDS = 60.0
 HOUSEKEEPING_EVERY = timedelta(hours=24)
