@@ -171,10 +171,14 @@ def policy_table(grants: Sequence[Grant]) -> str:
         "| collection | action | fields | needed to |",
         "|---|---|---|---|",
     ]
+    read = {g.collection: g.fields for g in grants if g.action == "read"}
     for grant in grants:
-        fields = (
-            "all (`*`)" if grant.fields == ("*",) else ", ".join(f"`{f}`" for f in grant.fields)
-        )
+        if grant.fields == ("*",):
+            fields = "all (`*`)"
+        elif grant.action != "read" and read.get(grant.collection) == grant.fields:
+            fields = "the same as read"
+        else:
+            fields = ", ".join(f"`{f}`" for f in grant.fields)
         rows.append(f"| `{grant.collection}` | {grant.action} | {fields} | {grant.why} |")
     return "\n".join(rows)
 
