@@ -27,20 +27,20 @@ from bridge.logs import (
     make_handler,
     secrets_of,
 )
-from bridge.models import Refund
 from bridge.services import Services
+from bridge.store.models import Refund
 from devstack.directus import DirectusServer
 from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
-from tests.helpers import (
+from tests.support.helpers import (
     RIDENDINE_KEY,
     SERVICE_TOKEN,
     WEBHOOK_SECRET,
     make_order,
     make_settings,
 )
-from tests.webhook_helpers import WEBHOOK_URL, event_body, sign, sync_result_flow
-from tests.webhook_helpers import wait_for_jobs_done as drain_all
+from tests.support.webhook_helpers import WEBHOOK_URL, event_body, sign, sync_result_flow
+from tests.support.webhook_helpers import wait_for_jobs_done as drain_all
 
 
 class Capture:

@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bridge import ledger, outbox
-from bridge.alerts import enqueue_admin_alert
-from bridge.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
-from bridge.notify import enqueue_notify_result
-from bridge.projection import enqueue_projection
-from bridge.ridendine import (
+from bridge.directus.alerts import enqueue_admin_alert
+from bridge.directus.notify import enqueue_notify_result
+from bridge.directus.projection import enqueue_projection
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.refunds.ridendine import (
     RefundAccepted,
     RideNDineRejectedError,
     RideNDineUnavailableError,
 )
+from bridge.store.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -77,7 +78,6 @@ def _pending_submission(services: Services, refund_id: str | None) -> _Submissio
         )
 
 
-@outbox.handler(JOB_SUBMIT_REFUND)
 def submit_refund(services: Services, job: OutboxJob) -> None:
     submission = _pending_submission(services, job.refund_id)
     if submission is None:
@@ -176,7 +176,6 @@ def _note(refund: Refund, detail: str) -> None:
     refund.updated_at = utcnow()
 
 
-@outbox.on_dead(JOB_SUBMIT_REFUND)
 def submission_dead(services: Services, job: OutboxJob) -> None:
     """Retries ran out without a definite answer: FAILED, for a person to check."""
     with services.store.session() as session:

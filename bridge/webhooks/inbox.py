@@ -10,7 +10,7 @@ Processing, in two outbox jobs so that the webhook's answer never waits for Dire
 never loses an event:
 - `process_event` (dedupe `event:<id>`, run inline right after the commit): matches the event to
   a refund of the ledger (by RideNDine's refund id, else the oldest PENDING refund of the order
-  with that amount) and applies the result (bridge/results.py). No match: `resolve_event`.
+  with that amount) and applies the result (bridge/ledger/results.py). No match: `resolve_event`.
 - `resolve_event` (dedupe `resolve:<id>`, run by the worker): matches again (the refund may have
   learnt its RideNDine id meanwhile), waits a little while a submission of that order is still
   in flight, then asks Directus about the order: a known order gets a refund of source
@@ -32,10 +32,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bridge import ledger, metrics, outbox, stripe_check
-from bridge.alerts import enqueue_admin_alert
-from bridge.db import lock_order
-from bridge.models import (
+from bridge import metrics
+from bridge.directus.alerts import enqueue_admin_alert
+from bridge.directus.notify import flag_for_review
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.store.db import lock_order
+from bridge.store.models import (
     InboxEvent,
     InboxState,
     OutboxJob,
@@ -44,8 +47,8 @@ from bridge.models import (
     RefundStatus,
     utcnow,
 )
-from bridge.notify import flag_for_review
-from bridge.results import apply_result
+from bridge.webhooks import stripe_check
+from bridge.webhooks.apply import apply_event
 from directus_client import DirectusError
 
 if TYPE_CHECKING:
@@ -240,60 +243,14 @@ def _submission_in_flight(session: Session, order_id: str) -> bool:
     return found is not None
 
 
-def _apply(
-    session: Session, event: InboxEvent, refund: Refund, *, services: Services | None = None
-) -> None:
-    if refund.order_id != event.external_order_id:
-        # RideNDine's refund id names a refund of another order: never apply that blindly.
-        event.state = InboxState.FAILED
-        event.last_error = (
-            f"refund {refund.id} (RideNDine {event.ridendine_refund_id}) belongs to order "
-            f"{refund.order_id}, the webhook says order {event.external_order_id}"
-        )
-        enqueue_admin_alert(
-            session,
-            dedupe_key=f"inbox-mismatch:{event.id}",
-            subject=f"Refund webhook {event.id} names the wrong order",
-            message=f"Inbox event {event.id} was not applied: {event.last_error}.",
-            refund_id=refund.id,
-        )
+def _apply_or_hold(services: Services, session: Session, event: InboxEvent, refund: Refund) -> None:
+    """Apply the event, except a REFUNDED that first waits for Stripe's word (when a Stripe key
+    is set): its `verify_refunded` job applies it (bridge/webhooks/stripe_check.py)."""
+    if refund.order_id == event.external_order_id and stripe_check.hold_refunded(
+        services, session, event, refund
+    ):
         return
-    if services is not None and stripe_check.hold_refunded(services, session, event, refund):
-        return  # REFUNDED waits for Stripe's word; its job applies it (bridge/stripe_check.py)
-    payload = event.payload or {}
-    outcome = apply_result(
-        session,
-        refund,
-        event.status,
-        amount_cents=event.amount_cents,
-        source=ledger.SOURCE_WEBHOOK,
-        failure_reason=payload.get("failure_reason"),
-        detail=f"webhook {event.webhook_id} (inbox event {event.id})",
-    )
-    currency = payload.get("currency_code")
-    if isinstance(currency, str) and currency.strip().upper() != refund.currency.upper():
-        flag_for_review(
-            session,
-            refund,
-            f"RideNDine reports currency {currency.strip()[:8]!r}, the refund is in "
-            f"{refund.currency}",
-            source=ledger.SOURCE_WEBHOOK,
-        )
-    event.state = InboxState.APPLIED
-    event.refund_id = refund.id
-    event.processed_at = utcnow()
-    event.next_attempt_at = None
-    event.last_error = None
-    log.info(
-        "refund result applied",
-        extra={
-            "inbox_event_id": event.id,
-            "refund_id": refund.id,
-            "status_before": outcome.status_before,
-            "status_after": outcome.status_after,
-            "changed": outcome.changed,
-        },
-    )
+    apply_event(session, event, refund)
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -350,8 +307,7 @@ def _load_event(session: Session, job: OutboxJob) -> InboxEvent:
     return event
 
 
-@outbox.handler(JOB_PROCESS_EVENT)
-def _process_event(services: Services, job: OutboxJob) -> None:
+def process_event(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         event = _load_event(session, job)
         if event.state != InboxState.RECEIVED:
@@ -365,7 +321,7 @@ def _process(services: Services, session: Session, event: InboxEvent) -> None:
     lock_order(session, event.external_order_id)
     refund = match_local(session, event)
     if refund is not None:
-        _apply(session, event, refund, services=services)
+        _apply_or_hold(services, session, event, refund)
         return
     event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
     outbox.enqueue(
@@ -373,8 +329,7 @@ def _process(services: Services, session: Session, event: InboxEvent) -> None:
     )
 
 
-@outbox.handler(JOB_RESOLVE_EVENT)
-def _resolve_event(services: Services, job: OutboxJob) -> None:
+def resolve_event(services: Services, job: OutboxJob) -> None:
     replay = bool(job.payload.get("replay"))
     retry: outbox.RetryLater | None = None
     with services.store.session() as session:
@@ -385,7 +340,7 @@ def _resolve_event(services: Services, job: OutboxJob) -> None:
         lock_order(session, event.external_order_id)
         refund = match_local(session, event)
         if refund is not None:
-            _apply(session, event, refund, services=services)
+            _apply_or_hold(services, session, event, refund)
             return
         order_id = event.external_order_id
         if job.attempts < IN_FLIGHT_WAIT_ATTEMPTS and _submission_in_flight(session, order_id):
@@ -415,7 +370,7 @@ def _resolve_event(services: Services, job: OutboxJob) -> None:
         if refund is None and order is not None:
             refund = _outside_refund(services, session, event, order)
         if refund is not None:
-            _apply(session, event, refund, services=services)
+            _apply_or_hold(services, session, event, refund)
             return
         event.state = InboxState.UNMATCHED
         retry = _retry(event, job, f"order {order_id} is not in Directus")
@@ -442,7 +397,7 @@ def _retry(event: InboxEvent, job: OutboxJob, reason: str) -> outbox.RetryLater:
     return outbox.RetryLater(reason, delay=delay)
 
 
-def _on_dead(services: Services, job: OutboxJob) -> None:
+def event_dead(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         event_id = job.payload.get("event_id")
         event = session.get(InboxEvent, event_id) if isinstance(event_id, int) else None
@@ -463,10 +418,6 @@ def _on_dead(services: Services, job: OutboxJob) -> None:
                 f"`refund-bridge inbox replay {event.id}`."
             ),
         )
-
-
-outbox.on_dead(JOB_PROCESS_EVENT)(_on_dead)
-outbox.on_dead(JOB_RESOLVE_EVENT)(_on_dead)
 
 
 # -- operators -------------------------------------------------------------------------------

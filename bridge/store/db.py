@@ -1,0 +1,150 @@
+"""Engine, sessions and migrations for the bridge's own store.
+
+SQLite (the default, a file in the instance folder) runs in WAL mode and opens every transaction
+with `BEGIN IMMEDIATE`: one writer at a time, across processes, which is what makes the per-order
+amount check safe there. PostgreSQL (`postgresql+psycopg://...`, for several instances) uses a
+row lock per order instead (`lock_order`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Flask, current_app
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from bridge.store.models import OrderLock
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class StoreNotMigrated(Exception):
+    """The store's schema is behind the code; run `refund-bridge db upgrade`."""
+
+
+def default_database_url(instance_path: str) -> str:
+    os.makedirs(instance_path, exist_ok=True)
+    return f"sqlite:///{os.path.join(instance_path, 'refund-bridge.sqlite3')}"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            **kwargs,
+        )
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, open transactions (the driver's would be deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def lock_order(session: Session, order_id: str) -> None:
+    """Serialise refund requests on one order until the session's transaction ends.
+
+    Holds across processes and instances: a row lock on PostgreSQL; on SQLite the transaction
+    already holds the database's single write lock (BEGIN IMMEDIATE).
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(pg_insert(OrderLock).values(order_id=order_id).on_conflict_do_nothing())
+        session.execute(select(OrderLock).where(OrderLock.order_id == order_id).with_for_update())
+    else:
+        session.execute(sqlite_insert(OrderLock).values(order_id=order_id).on_conflict_do_nothing())
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every migration (idempotent)."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return script.get_current_head()
+
+
+def check_migrated(engine: Engine) -> None:
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise StoreNotMigrated(
+            f"the store is at revision {current or 'none'}, the code needs {head}; "
+            "run `refund-bridge db upgrade`"
+        )
+
+
+class Store:
+    """The engine and session factory an app (or the worker, or a command) works with."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with self.sessionmaker() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def get_store() -> Store:
+    store: Store = current_app.extensions["bridge.store"]
+    return store
+
+
+def init_app(app: Flask) -> None:
+    url = app.config.get("DATABASE_URL") or default_database_url(app.instance_path)
+    store = Store(url)
+    app.extensions["bridge.store"] = store
+    if app.config.get("AUTO_MIGRATE"):
+        upgrade(store.engine)
