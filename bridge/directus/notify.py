@@ -1,12 +1,16 @@
 """Telling people: the "refund result" Flow (contract section 4) and admin alerts.
 
-Two outbox job kinds trigger the same Directus Flow (`POST /flows/trigger/<id>`, key
+Three outbox job kinds trigger the same Directus Flow (`POST /flows/trigger/<id>`, key
 `refund-result`, provisioned by `refund-bridge flows sync`), which sends the e-mails:
 
 - `notify_result` (dedupe `notify:<refund id>:<status>`): one notification per refund result, to
   the order's customer and chef and to the admins. Enqueued by bridge/ledger/results.py in the same
   transaction as the status change, so a duplicate webhook never enqueues a second one. The
   outbox job's `done` state is the record that it was sent.
+- `notify_result_admins` (dedupe `notify:<refund id>:<status>:admins`): when Directus will not
+  name the admins (the bridge's token lacks a permission), `notify_result` mails the customer
+  and the chef at once and hands the admins' part to this job, retried until they are found
+  (docs/directus.md, "The bridge's policy").
 - `alert_admins` (enqueued by bridge/directus/alerts.py): one e-mail to the admins.
 
 A trigger that fails (Directus down, Flow not provisioned yet, an error answer) is retried with
