@@ -272,7 +272,7 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
         ]
     except outbox.RetryLater as exc:
         return {**outcomes, **{job.id: exc for job, _refund in calls}}
-    except DirectusError as exc:  # the admins' e-mails could not be read
+    except DirectusError as exc:  # Directus refused a read the bodies need
         error = _directus_error(exc)
         return {**outcomes, **{job.id: error for job, _refund in calls}}
 
