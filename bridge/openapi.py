@@ -203,7 +203,11 @@ REQUEST_ID_HEADER = {
 BAD_REQUEST = _problem("The request is not valid (`validation_error`, `errors` per field).")
 NOT_AUTHENTICATED = _problem("No valid credentials (`not_authenticated`).")
 FORBIDDEN = _problem("The caller may not do this (`forbidden`).")
-UNAVAILABLE = _problem("Directus or the store did not answer; try again (`*_unavailable`).")
+UNAVAILABLE = _problem(
+    "Directus or the store did not answer, or the bridge's own Directus token lacks a "
+    "permission to check the caller (its configuration, not the caller's token); try again "
+    "(`*_unavailable`)."
+)
 TOO_LARGE = _problem("The body is over 64 KiB (`payload_too_large`).")
 NOT_JSON = _problem("The body is not `application/json` (`unsupported_media_type`).")
 ACTING_USER = {

@@ -376,6 +376,8 @@ def create_demo_orders(client: DirectusClient, order_fields: OrderFields | None 
                 _choices("payment_status", ["UNPAID", "PAID", "PARTIALLY_REFUNDED", "REFUNDED"]),
                 _integer(names.amount_paid, note="integer cents"),
                 _string(names.currency),
+                # The monthly report dates paid orders by it (BRIDGE_REPORT_ORDER_DATE_FIELD).
+                _timestamp("date_created", special=["date-created"]),
             ],
         }
     )

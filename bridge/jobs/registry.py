@@ -57,6 +57,8 @@ JOB_KINDS: tuple[JobKind, ...] = (
         batch=batch.notify_results,
         needs_directus=True,
     ),
+    # The admins' part of a result's notification, when they could not be found at first.
+    JobKind(notify.JOB_NOTIFY_ADMINS, notify.notify_result_admins, needs_directus=True),
     JobKind(JOB_ALERT_ADMINS, notify.alert_admins, needs_directus=True),
     # The refund policy's notices (a request waits, a reminder, a denial).
     JobKind(approval.JOB_NOTIFY_APPROVAL, approval.notify_approval, needs_directus=True),

@@ -65,11 +65,11 @@ def transition(refund: Refund, new_status: str, *, source: str, detail: str | No
     if new_status in (RefundStatus.REFUNDED, RefundStatus.FAILED):
         refund.resolved_at = refund.updated_at
     if current == RefundStatus.FAILED and new_status == RefundStatus.REFUNDED:
-        flag_review(refund, "refunded after it had failed", source=source)
+        mark_for_review(refund, "refunded after it had failed", source=source)
     return True
 
 
-def flag_review(refund: Refund, reason: str, *, source: str) -> bool:
+def mark_for_review(refund: Refund, reason: str, *, source: str) -> bool:
     """Mark the refund as needing a person; return False when that reason was already there."""
     reasons = [r for r in (refund.review_reason or "").split("; ") if r]
     if refund.needs_review and reason in reasons:
@@ -126,6 +126,27 @@ def refunded_cents(session: Session, order_id: str) -> int:
 
 def refundable_cents(session: Session, order_id: str, paid_cents: int) -> int:
     return max(0, paid_cents - committed_cents(session, order_id))
+
+
+def as_cents(value: Any) -> int | None:
+    """An amount from Directus as integer cents: an integer, or a string of digits (Directus sends
+    a BIGINT as text on PostgreSQL); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def clean_text(value: object, limit: int) -> str | None:
+    """Partner-supplied text as safe text for the ledger: printable, stripped, at most `limit`
+    characters; None when nothing is left."""
+    if not isinstance(value, str):
+        return None
+    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
+    return text[:limit] or None
 
 
 def iso(value: Any) -> str | None:

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from bridge.directus.notify import alert_review, enqueue_notify_result, flag_for_review
+from bridge.directus.notify import enqueue_notify_result
 from bridge.directus.order_status import enqueue_apply_order
 from bridge.directus.projection import enqueue_projection
 from bridge.ledger import ledger
+from bridge.ledger.review import alert_review, flag_for_review
 from bridge.store.models import Refund, RefundStatus
 
 RESULT_STATUSES = (RefundStatus.REFUNDED, RefundStatus.FAILED)
@@ -100,7 +101,9 @@ def apply_result(
             outcome.jobs += _enqueue_result_jobs(session, refund, RefundStatus.REFUNDED)
     else:
         if refund.status == RefundStatus.PENDING:
-            refund.failure_reason = _clean_reason(failure_reason) or DEFAULT_FAILURE_REASON
+            refund.failure_reason = (
+                ledger.clean_text(failure_reason, MAX_FAILURE_REASON) or DEFAULT_FAILURE_REASON
+            )
             ledger.transition(refund, RefundStatus.FAILED, source=source, detail=detail)
             outcome.changed = True
             outcome.jobs += _enqueue_result_jobs(session, refund, RefundStatus.FAILED)
@@ -126,11 +129,3 @@ def _enqueue_result_jobs(session: Session, refund: Refund, status: str) -> list[
     enqueue_notify_result(session, refund, status)
     jobs += ["project_refund", "notify_result"]
     return jobs
-
-
-def _clean_reason(value: object) -> str | None:
-    """A partner-supplied reason as safe text for the ledger (no control characters)."""
-    if not isinstance(value, str):
-        return None
-    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
-    return text[:MAX_FAILURE_REASON] or None

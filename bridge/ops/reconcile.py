@@ -37,8 +37,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from bridge import metrics
-from bridge.directus.order_status import order_changes, paid_cents
+from bridge.directus.order_status import order_changes
 from bridge.directus.projection import REFUNDS_COLLECTION, refund_item
+from bridge.ledger import ledger
 from bridge.store.models import Refund, RefundStatus, utcnow
 from bridge.webhooks import stripe_check
 
@@ -351,7 +352,7 @@ def _compare_order(
         r.refunded_amount_cents if r.refunded_amount_cents is not None else r.amount_cents
         for r in refunded
     )
-    paid = paid_cents(order.get(settings.order_fields.amount_paid))
+    paid = ledger.as_cents(order.get(settings.order_fields.amount_paid))
     if paid is None or paid <= 0:
         return  # apply_order gives up on such an order and flags the refund itself
     cancels = any(r.reason in settings.cancelling_reasons for r in refunded)

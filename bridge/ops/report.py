@@ -1,27 +1,8 @@
 """The monthly refund report: `refund-bridge report` and `GET /ridendine/refunds/stats`.
 
-Figures come from the ledger (the source of truth), in UTC calendar months; only the number of
-paid orders (the refund rate's denominator) comes from Directus, as one aggregate query. The
-definitions (docs/operations.md, "The refund report"):
-
-- a refund counts in the month it reached its result (`resolved_at`): `refunded_*` and
-  `by_reason` for REFUNDED, `failed_*` for FAILED; `requested` counts the refunds created in the
-  month, `pending` those of them still PENDING;
-- the amount of a refund is what RideNDine says was refunded when it said so
-  (`refunded_amount_cents`), else the amount requested; totals and averages are per currency,
-  averages rounded half up to the cent;
-- refund rate = orders with a refund REFUNDED in the month / orders paid in the month, the
-  latter counted in Directus: `payment_status` in PAID, PARTIALLY_REFUNDED, REFUNDED and the
-  order's date field (`BRIDGE_REPORT_ORDER_DATE_FIELD`, default `date_created`) in the month;
-- processing time = result time - request time of the refunds resolved in the month (REFUNDED
-  and FAILED), p50 and p95 by the nearest-rank method (an actual refund's time, no
-  interpolation), in seconds;
-- needs review: refunds created or resolved in the month that carry `needs_review`;
-- the refund policy (docs/refunds.md): `awaiting_approval` counts the refunds created in the
-  month still REQUESTED; `approved` and `denied` the admins' decisions taken in the month
-  (`decided_at`); `decision_seconds` the time from request to decision of those, p50 and p95
-  like the processing time. A refund that waited is processed from its approval (when it was
-  sent), so the processing time does not count the wait.
+Figures come from the ledger, in UTC calendar months; only the number of paid orders (the refund
+rate's denominator) comes from Directus, as one aggregate query. Every figure's definition:
+docs/operations.md ("The refund report").
 """
 
 from __future__ import annotations

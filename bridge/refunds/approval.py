@@ -197,7 +197,7 @@ def _notify_in_app(services: Services, refund: Refund, event: str) -> int:
     """One Directus notification per admin user, linking to the refund's item."""
     subject, message = _in_app_texts(services, refund, event)
     try:
-        admins = services.directus.admin_user_ids()
+        admins = sorted({str(user["id"]) for user in services.directus.admin_users()})
         for user_id in admins:
             services.directus.create_system(
                 "notifications",

@@ -261,7 +261,7 @@ def read_order(services: Services, order_id: str) -> Order:
         id=str(item.get("id", order_id)),
         ridendine_order_id=_text(item.get("ridendine_order_id")),
         payment_status=_text(item.get("payment_status")),
-        paid_cents=_cents(item.get(names.amount_paid)),
+        paid_cents=ledger.as_cents(item.get(names.amount_paid)),
         currency=(
             currency.upper()
             if isinstance(currency, str) and len(currency) == 3
@@ -274,17 +274,6 @@ def read_order(services: Services, order_id: str) -> Order:
 
 def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
-
-
-def _cents(value: Any) -> int | None:
-    """An amount from Directus: an integer, or a string of digits (a BIGINT on PostgreSQL)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
 
 
 def refundable_order(order: Order) -> int:
