@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 
 from bridge.config import Settings
-from bridge.store.db import Store, default_database_url
+from bridge.store.db import Store
+from bridge.store.db import database_url as store_url
 from directus_client import DirectusClient
 
 if TYPE_CHECKING:
@@ -63,9 +64,7 @@ class Services:
 
 def build_services(settings: Settings, database_url: str | None = None) -> Services:
     """Services for a process outside Flask (worker, commands)."""
-    from bridge.store.instance import instance_path
-
-    url = database_url or settings.database_url or default_database_url(instance_path())
+    url = database_url or store_url(settings.database_url)
     return Services(settings=settings, store=Store(url), directus=make_directus(settings))
 
 

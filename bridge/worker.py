@@ -1,27 +1,9 @@
-"""The worker process (`refund-bridge worker`): drains the outbox and runs the periodic checks.
+"""The worker process (`refund-bridge worker`, `run_worker`): drains the outbox and runs the
+periodic checks (stale PENDING refunds, housekeeping) in an APScheduler `BackgroundScheduler`,
+never inside a web worker.
 
-An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a web worker:
-- `outbox`: every `BRIDGE_WORKER_POLL_SECONDS` (0.5 s) one indexed "is anything due" query;
-  when something is, due jobs are claimed in batches under a lease and run one by one until none
-  is due. A drain already running makes the next tick return at once (a non-blocking lock), so
-  a long drain never stacks up ticks.
-- `leases`: renews the leases of the jobs this worker holds, every third of the lease; a worker
-  that dies stops renewing and its jobs are taken over when the lease runs out.
-- `pending_refunds`: queues a check of every refund PENDING for longer than
-  `BRIDGE_PENDING_STALE_SECONDS` (bridge/webhooks/stripe_check.py).
-- `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
-  (bridge/store/housekeeping.py).
-
-Only the job kinds this build registers (bridge/jobs/registry.py) are claimed: a job of a kind
-it does not know stays pending instead of being declared dead. A job that runs out of retries is
-never dead silently: its kind's `on_dead` handler runs, or else `dead_fallback` flags its refund
-for review (admins alerted) or, without a refund, alerts the admins.
-
-SIGTERM or SIGINT: no new job is started, the job in hand is finished, the jobs claimed but not
-started are handed back, and the process exits with 0.
-
-On SQLite one worker only: an exclusive lock on a file next to the database refuses a second
-one. On PostgreSQL any number: claims use `FOR UPDATE SKIP LOCKED` plus the leases.
+docs/worker.md tells the schedule, the leases, the stop on SIGTERM, the one worker per SQLite
+store, and why a job is never dead silently (`dead_fallback`).
 """
 
 from __future__ import annotations
@@ -48,10 +30,10 @@ from bridge.config import Settings
 from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.directus.in_app import JOB_NOTIFY_IN_APP
 from bridge.jobs import outbox, registry
-from bridge.ledger import ledger
+from bridge.ledger.review import flag_job_refund
 from bridge.services import Services, build_services
 from bridge.store import db as store_db
-from bridge.store.models import OutboxJob, Refund
+from bridge.store.models import OutboxJob
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +157,10 @@ def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:
 def dead_fallback(services: Services, job: OutboxJob) -> None:
     """A job of a kind with no `on_dead` of its own ran out of retries: its refund is flagged
     for review (admins alerted, the flag projected), or without a refund the admins are told."""
-    from bridge.directus.notify import flag_for_review
-
     reason = f"background job {job.kind} gave up after {job.attempts} attempt(s): {job.last_error}"
+    if flag_job_refund(services, job, reason[:500]):
+        return
     with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id) if job.refund_id else None
-        if refund is not None:
-            flag_for_review(session, refund, reason[:500], source=ledger.SOURCE_WORKER)
-            return
         enqueue_admin_alert(
             session,
             dedupe_key=f"dead-job:{job.id}",
@@ -310,6 +288,20 @@ class Worker:
         if queued:
             log.info("queued %d check(s) of stale PENDING refunds", queued)
 
+    def scan_waiting_refunds(self) -> None:
+        from bridge.refunds import approval
+
+        try:
+            reminded = approval.enqueue_reminders(self.services)
+        except SQLAlchemyError as exc:
+            log.warning("scanning refunds waiting for approval failed: %s", _store_error(exc))
+            return
+        except Exception:
+            log.exception("scanning refunds waiting for approval failed")
+            return
+        if reminded:
+            log.info("reminded the admins of %d refund(s) waiting for approval", reminded)
+
     def housekeeping(self) -> None:
         from bridge.store import housekeeping
 
@@ -363,6 +355,13 @@ class Worker:
             id="pending_refunds",
             next_run_time=now,
         )
+        scheduler.add_job(
+            self.scan_waiting_refunds,
+            "interval",
+            seconds=options.stale_scan_seconds,
+            id="waiting_refunds",
+            next_run_time=now,
+        )
         if options.housekeeping:
             scheduler.add_job(
                 self.housekeeping,
@@ -402,6 +401,7 @@ class Worker:
     def run_once(self) -> int:
         """Every due job and each periodic check once, in this thread; return jobs run."""
         self.scan_pending_refunds()
+        self.scan_waiting_refunds()
         if self.options.housekeeping:
             self.housekeeping()
         return self.drain_due()

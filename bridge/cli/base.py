@@ -54,3 +54,13 @@ def settings_from_env() -> Settings:
 def main() -> None:
     """refund-bridge: refunds between COOCO's Directus and RideNDine."""
     registry.register_all()  # the commands that run outbox jobs (inbox replay) find them
+
+
+# The report commands print a table for people, or CSV and JSON for tools.
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)

@@ -8,6 +8,7 @@ Directus and this token, without changing anything. docs/directus.md tells how C
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import click
 
 from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
 from bridge.config import ConfigError, Settings
+from bridge.directus.policy import apply_policy, bridge_grants, grants_for, policy_table
 from bridge.directus.schema import SchemaError, apply_schema, create_demo_orders
 from bridge.services import make_directus
 from directus_client import (
@@ -22,12 +24,10 @@ from directus_client import (
     DirectusError,
     ForbiddenError,
     InvalidCredentialsError,
+    MissingPermissionError,
 )
 from flows import REFUND_RESULT
 from flows.sync import FlowParams, FlowRefused, FlowSyncResult, ping_refund_result, sync_flows
-
-# What the bridge's token must be allowed, by collection: (action, fields it needs or None).
-Needs = tuple[tuple[str, tuple[str, ...] | None], ...]
 
 
 def flow_params(settings: Settings) -> FlowParams:
@@ -93,6 +93,95 @@ def schema_apply(dry_run: bool, with_demo_orders: bool) -> None:
         click.echo(f"dry run: {len(plan.changes)} change(s) to make, nothing changed")
     else:
         click.echo(f"schema applied: {len(plan.changes)} change(s)")
+
+
+# -- policy apply ----------------------------------------------------------------------------
+
+
+@click.group()
+def policy() -> None:
+    """The bridge's own Directus policy (the permissions of BRIDGE_DIRECTUS_TOKEN's user)."""
+
+
+@policy.command("apply")
+@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="ID|EMAIL",
+    help="give the policy to this Directus user (the bridge's); repeatable",
+)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="ID|NAME",
+    help="give the policy to this Directus role; repeatable",
+)
+@one_line_errors
+def policy_apply(dry_run: bool, users: tuple[str, ...], roles: tuple[str, ...]) -> None:
+    """Create or update the "refund-bridge" policy: exactly the permissions the bridge needs
+    (docs/directus.md), nothing more (idempotent; needs an admin's token)."""
+    settings = settings_from_env()
+    client = make_directus(settings)
+    try:
+        user_ids = [_holder_id(client, "users", "email", user) for user in users]
+        role_ids = [_holder_id(client, "roles", "name", role) for role in roles]
+        plan = apply_policy(
+            client, grants_for(settings), dry_run=dry_run, users=user_ids, roles=role_ids
+        )
+    except ForbiddenError:
+        raise CommandFailed(
+            "policy: Directus refused; run it with an admin's token (BRIDGE_DIRECTUS_TOKEN)"
+        ) from None
+    finally:
+        client.close()
+    for line in plan.changes:
+        click.echo(line)
+    if not plan.changes:
+        click.echo(f"policy is up to date ({plan.policy_id}): nothing to change")
+    elif dry_run:
+        click.echo(f"dry run: {len(plan.changes)} change(s) to make, nothing changed")
+    else:
+        click.echo(f"policy applied ({plan.policy_id}): {len(plan.changes)} change(s)")
+
+
+@policy.command("show")
+def policy_show() -> None:
+    """Print the policy's permissions as the Markdown table of docs/directus.md (with the
+    orders' field names of the current environment, or the defaults)."""
+    try:
+        grants = grants_for(settings_from_env())
+    except ConfigError as exc:
+        click.echo(f"refund-bridge: policy show: {exc}; showing the defaults", err=True)
+        grants = bridge_grants()
+    click.echo(policy_table(grants))
+
+
+def _holder_id(client: DirectusClient, endpoint: str, by: str, given: str) -> str:
+    """A user's or role's id from its id, e-mail or name."""
+    rows = client.list_system(
+        endpoint,
+        filter={"_or": [{"id": {"_eq": given}}, {by: {"_eq": given}}]}
+        if _is_uuid(given)
+        else {by: {"_eq": given}},
+        fields=["id"],
+        limit=2,
+    )
+    if len(rows) != 1:
+        kind = endpoint.removesuffix("s")
+        found = "no" if not rows else "more than one"
+        raise CommandFailed(f"policy: {found} Directus {kind} {given!r}")
+    return str(rows[0]["id"])
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 # -- flows sync ------------------------------------------------------------------------------
@@ -165,73 +254,142 @@ class CheckReport:
         return sum(1 for ok, _ in self.lines if not ok)
 
 
-def _needs(settings: Settings) -> dict[str, Needs]:
-    names = settings.order_fields
-    order_read = (
-        "id",
-        "ridendine_order_id",
-        "status",
-        "payment_status",
-        names.amount_paid,
-        names.currency,
-        names.customer,
-        names.chef,
-    )
-    return {
-        names.collection: (("read", order_read), ("update", ("status", "payment_status"))),
-        "refunds": (("read", None), ("create", None), ("update", None)),
-        "directus_users": (("read", ("id", "email", "status")),),
-        "directus_policies": (("read", None),),
-        "directus_flows": (("read", None),),
-        "directus_notifications": (("read", None), ("create", None)),
-    }
-
-
-_WHY = {
-    "directus_users": "(customers' and chefs' e-mails)",
-    "directus_policies": "(who is an admin)",
-    "directus_flows": "(to find and trigger the Flows)",
-    "directus_notifications": "(in-app notifications to the admins)",
-}
-
-
 def _check_permissions(client: DirectusClient, settings: Settings, report: CheckReport) -> None:
+    """Each permission of the bridge's policy (bridge/directus/policy.py), as the token has
+    it: one line per permission, naming what is missing and what needs it."""
     try:
         permissions = client.permissions_me()
     except DirectusError as exc:
         report.fail(f"permissions: Directus would not list them ({_reason(exc)})")
         return
-    for collection, needs in _needs(settings).items():
-        names = [action for action, _ in needs]
-        actions = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-        what = f"can {actions} {collection} {_WHY.get(collection, '')}".strip()
-        problems, caveats = [], []
-        for action, fields in needs:
-            grant = (permissions.get(collection) or {}).get(action) or {}
-            access = grant.get("access", "none")
-            if access == "none":
-                problems.append(f"no {action} permission")
-                continue
-            if access != "full":
-                # "partial": one of the token's permissions has a filter, maybe alongside one
-                # without (Directus does not say). The bridge's own collections need none;
-                # on system collections app access adds one ("your own user"), so only warn.
-                if collection.startswith("directus_"):
-                    caveats.append(f"a permission filter applies to {action}")
-                else:
-                    problems.append(f"{action} limited to some items by a permission filter")
-                    continue
-            if fields:
-                allowed = grant.get("fields") or []
-                missing = [f for f in fields if "*" not in allowed and f not in allowed]
-                if missing:
-                    problems.append(f"{action} lacks fields {', '.join(missing)}")
-        if problems:
-            report.fail(f"cannot {what.removeprefix('can ')}: {'; '.join(problems)}")
-        elif caveats:
-            report.ok(f"{what}; {'; '.join(caveats)}: it must not hide what the bridge reads")
+    for grant in grants_for(settings):
+        have = (permissions.get(grant.collection) or {}).get(grant.action) or {}
+        access = have.get("access", "none")
+        problem = caveat = ""
+        if access == "none":
+            problem = "no such permission"
+        elif access != "full":
+            # "partial": one of the token's permissions has a filter, maybe alongside one
+            # without (Directus does not say). The bridge's own collections need none; on
+            # system collections app access adds one ("your own user"), so only warn.
+            if grant.collection.startswith("directus_"):
+                caveat = "a permission filter applies: it must not hide what the bridge reads"
+            else:
+                problem = "limited to some items by a permission filter"
+        if not problem and grant.fields != ("*",):
+            allowed = have.get("fields") or []
+            missing = [f for f in grant.fields if "*" not in allowed and f not in allowed]
+            if missing:
+                problem = f"lacks fields {', '.join(missing)}"
+        if problem:
+            report.fail(f"cannot {grant.name} ({problem}): needed to {grant.why}")
+        elif caveat:
+            report.ok(f"can {grant.name}; {caveat}")
         else:
-            report.ok(what)
+            report.ok(f"can {grant.name}")
+
+
+def _check_people(client: DirectusClient, settings: Settings, report: CheckReport) -> None:
+    """Prove the lookups of people, as the bridge makes them: the admins (and their e-mails
+    when BRIDGE_ADMIN_EMAILS is empty), one admin's and one non-admin's admin access."""
+    try:
+        admins = client.admin_users()
+    except MissingPermissionError as exc:
+        report.fail(f"cannot find the admins: {exc.message}")
+        admins = None
+    except DirectusError as exc:
+        report.fail(f"cannot find the admins: {_reason(exc)}")
+        admins = None
+    if settings.admin_emails:
+        report.ok(f"admin e-mails: BRIDGE_ADMIN_EMAILS ({len(settings.admin_emails)} address(es))")
+    elif admins is not None:
+        emails = sorted({str(a["email"]) for a in admins if a.get("email")})
+        if emails:
+            shown = ", ".join(emails[:5]) + (" ..." if len(emails) > 5 else "")
+            report.ok(f"admin e-mails from Directus (BRIDGE_ADMIN_EMAILS is empty): {shown}")
+        else:
+            report.fail(
+                "no active Directus user with admin access has an e-mail, and "
+                "BRIDGE_ADMIN_EMAILS is empty: admin e-mails would go nowhere"
+            )
+    if admins is None:
+        return
+    if not admins:
+        report.fail("no active Directus user has admin access: nobody could approve refunds")
+        return
+    try:
+        me = client.me(fields=["id"])
+        others = client.list_system(
+            "users",
+            filter={"id": {"_nin": [a["id"] for a in admins]}},
+            fields=["id"],
+            limit=1,
+        )
+    except DirectusError as exc:
+        report.fail(f"cannot tell admins from customers: {_reason(exc)}")
+        return
+    admin_id = str(admins[0]["id"])
+    me_id = str(me.get("id") or "")
+    non_admin = me_id if me_id and me_id not in {a["id"] for a in admins} else None
+    if non_admin is None and others:
+        non_admin = str(others[0]["id"])
+    try:
+        wrong = []
+        if client.user_has_admin_access(admin_id) is not True:
+            wrong.append(f"admin {admin_id} seen as a customer")
+        if non_admin and client.user_has_admin_access(non_admin) is not False:
+            wrong.append(f"user {non_admin} seen as an admin")
+    except MissingPermissionError as exc:
+        report.fail(f"cannot tell admins from customers: {exc.message}")
+        return
+    except DirectusError as exc:
+        report.fail(f"cannot tell admins from customers: {_reason(exc)}")
+        return
+    if wrong:
+        report.fail(f"cannot tell admins from customers: {'; '.join(wrong)}")
+        return
+    tried = f"admin {admin_id}: yes" + (f"; user {non_admin}: no" if non_admin else "")
+    report.ok(f"can tell admins from customers ({tried})")
+
+
+def _check_order_read(client: DirectusClient, settings: Settings, report: CheckReport) -> None:
+    """Read one order as the bridge does, with the customer's and chef's e-mail paths."""
+    names = settings.order_fields
+    grant = grants_for(settings)[0]
+    paths = (names.customer_email, names.chef_email)
+    what = f"can read an order with its people's e-mails ({', '.join(paths)})"
+    try:
+        rows = client.query_items(
+            names.collection,
+            fields=[f for f in grant.fields if f != "refunds"] + list(paths),
+            filter={names.customer: {"_nnull": True}},
+            limit=1,
+        )
+    except DirectusError as exc:
+        report.fail(
+            f"cannot {what.removeprefix('can ')}: {_reason(exc)} (read {names.collection} "
+            f"with {', '.join(grant.fields)} and directus_users with email are needed)"
+        )
+        return
+    if not rows:
+        report.ok(f"{what}: no order with a customer yet, the fields are allowed")
+        return
+    order = rows[0]
+    unread = [
+        path
+        for path in paths
+        if order.get(path.split(".", 1)[0]) is not None
+        and not isinstance(order.get(path.split(".", 1)[0]), dict)
+    ]
+    dropped = [path for path in paths if path.split(".", 1)[0] not in order]
+    if dropped or unread:
+        report.fail(
+            f"cannot {what.removeprefix('can ')}: Directus leaves out "
+            f"{', '.join(dropped + unread)} (cannot read directus_users: needed to e-mail "
+            "customers and chefs)"
+        )
+        return
+    report.ok(f"{what}, e.g. order {order.get('id')}")
 
 
 def _check_schema(client: DirectusClient, settings: Settings, report: CheckReport) -> None:
@@ -331,6 +489,8 @@ def run_checks(settings: Settings, report: CheckReport) -> None:
         report.ok(f"the token is valid (Directus user {me.get('id')})")
         steps: Iterable[Callable[[DirectusClient, Settings, CheckReport], None]] = (
             _check_permissions,
+            _check_people,
+            _check_order_read,
             _check_schema,
             _check_flows,
         )
@@ -363,4 +523,4 @@ def check() -> None:
         raise CommandFailed(f"check: {report.failures} of {len(report.lines)} checks failed")
 
 
-COMMANDS = (schema, flows, check)
+COMMANDS = (schema, policy, flows, check)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
+from bridge.cli.base import CommandFailed, format_option, one_line_errors, settings_from_env
 
 
 @click.command()
@@ -13,13 +13,7 @@ from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
     metavar="YYYY-MM",
     help="the calendar month (UTC); default: the current month",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
+@format_option
 @click.option(
     "--no-directus",
     is_flag=True,

@@ -6,7 +6,6 @@ import click
 
 from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
 from bridge.config import Settings
-from bridge.store.instance import instance_path
 
 
 @click.command()
@@ -73,8 +72,7 @@ def _prepare_store(settings: Settings, *, migrate: bool) -> None:
     from bridge.store import db as store_db
     from bridge.worker import WorkerStartError, prepare_store
 
-    url = settings.database_url or store_db.default_database_url(instance_path())
-    store = store_db.Store(url)
+    store = store_db.Store(store_db.database_url(settings.database_url))
     try:
         prepare_store(store, migrate=migrate)
     except WorkerStartError as exc:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from bridge.cli.base import CommandFailed, one_line_errors, settings_from_env
+from bridge.cli.base import CommandFailed, format_option, one_line_errors, settings_from_env
 from bridge.config import ConfigError
 
 # `reconcile`'s exit codes (docs/worker.md): scripts tell "all agrees" from "look at this" from
@@ -57,13 +57,7 @@ def _since(value: datetime | None) -> datetime | None:
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"]),
     help="only refunds created or changed since this date (UTC), e.g. 2025-01-01",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
+@format_option
 @click.option("--fix", "apply_fix", is_flag=True, help="re-project the ledger into Directus")
 def reconcile(since: datetime | None, fmt: str, apply_fix: bool) -> None:
     """Compare the ledger with Directus (and Stripe, when configured); print every mismatch.

@@ -1,26 +1,9 @@
-"""The worker's Directus jobs done a batch at a time: fewer requests for the same writes.
+"""The worker's Directus jobs (`apply_order`, `project_refund`, `notify_result`) a claimed batch at
+a time: one read of the orders, one batch write per collection, one Flow call per result.
 
-The worker claims due jobs in batches (bridge/worker.py); for three kinds it hands all the
-batch's jobs of that kind to a batch handler here instead of running them one by one:
-- `apply_order`: the orders are read in ONE query (`GET /items/orders?filter[id][_in]=...`,
-  with the fields `notify_result` needs too) and written in ONE batch PATCH
-  (`PATCH /items/orders` with an array of `{id, payment_status, status}`: still only the two
-  fields the bridge owns, and only those that change);
-- `project_refund`: the refund items are written in ONE batch PATCH (`PATCH /items/refunds`
-  with an array), the ones Directus does not have are created in ONE batch POST; several jobs
-  for the same refund are one write of its current state;
-- `notify_result`: the orders come from the same read; the Flow is called once per result (a
-  Flow takes one refund), `BRIDGE_WORKER_FLOW_CALLS` calls at a time (4), each job recorded
-  done as soon as its call answered, so a worker killed mid-batch repeats at most the calls it
-  had under way.
-
-Each job ends as its single handler would have ended it (bridge/directus/order_status.py,
-bridge/directus/projection.py, bridge/directus/notify.py): the same rules, GiveUp for the same
-reasons, RetryLater for Directus errors. When a batch write fails for another reason than
-Directus being down (one bad item fails a whole batch in Directus), every job of it is done
-again alone by its single handler, so that one bad item never holds up the others. Directus not
-answering at all is `outbox.DirectusDown`: the worker then pauses its Directus work until
-Directus answers.
+Each job ends as its single handler would have ended it; a batch write that fails for another
+reason than Directus being down is done again job by job, so one bad item never holds up the
+others. docs/performance.md tells why and what it saves.
 """
 
 from __future__ import annotations
@@ -44,7 +27,6 @@ from bridge.directus.order_status import (
     alert_over_refund,
     apply_order,
     order_changes,
-    paid_cents,
 )
 from bridge.directus.projection import (
     REFUNDS_COLLECTION,
@@ -187,7 +169,7 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         if order is None:
             outcomes[job.id] = outbox.GiveUp(f"order {refund.order_id} is not in Directus")
             continue
-        paid = paid_cents(order.get(names.amount_paid))
+        paid = ledger.as_cents(order.get(names.amount_paid))
         if paid is None or paid <= 0:
             outcomes[job.id] = outbox.GiveUp(
                 f"order {refund.order_id} has no usable {names.amount_paid}"
@@ -290,7 +272,7 @@ def notify_results(services: Services, jobs: list[OutboxJob], context: dict[str,
         ]
     except outbox.RetryLater as exc:
         return {**outcomes, **{job.id: exc for job, _refund in calls}}
-    except DirectusError as exc:  # the admins' e-mails could not be read
+    except DirectusError as exc:  # Directus refused a read the bodies need
         error = _directus_error(exc)
         return {**outcomes, **{job.id: error for job, _refund in calls}}
 

@@ -1,10 +1,13 @@
 """The "Refunds" Insights dashboard in Directus, as data, and its idempotent sync.
 
 Admins see refunds per day, amount per day, refunds by reason and by status, what is pending,
-and the list of refunds that need review, without leaving the Directus app. All panels read the
-`refunds` collection (the bridge's projection of its ledger); amounts are shown as money
+the list of refunds that need review and the customers' requests waiting for approval, without
+leaving the Directus app; the sync also keeps the refunds list's "Waiting for approval"
+bookmark. All panels read the `refunds` collection (the bridge's projection of its ledger);
+amounts are shown as money
 (`15.00 EUR`), per currency. The app loads every panel in one GraphQL query, which Directus
-refuses whole if one panel's query is invalid: tests/test_dashboard.py sends it the same way.
+refuses whole if one panel's query is invalid: tests/directus/test_dashboard.py sends it
+the same way.
 
 The dashboard and each panel carry a marker in their `note` (`[refund-bridge:<key>]`), the
 stable key the sync finds them by: `sync_dashboard` creates what is missing, updates what
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.directus.schema import REFUNDS_LIST_FIELDS
 from bridge.ledger.money import currency_exponent
 from directus_client import DirectusClient
 
@@ -84,6 +88,7 @@ class Panel:
 REVIEW = {"needs_review": {"_eq": True}}
 REFUNDED = {"status": {"_eq": "REFUNDED"}}
 PENDING = {"status": {"_eq": "PENDING"}}
+WAITING = {"status": {"_eq": "REQUESTED"}}  # the refund policy: waiting for an admin
 LAST_30_DAYS = {"created_at": {"_gte": "$NOW(-30 days)"}}
 # The list panel's line; `order_id.id` names the order's key (a many-to-one needs sub-fields
 # in Directus's GraphQL, which the app uses for every panel).
@@ -274,6 +279,45 @@ def refund_panels(currency: str = "EUR") -> tuple[Panel, ...]:
 
 PANELS: tuple[Panel, ...] = refund_panels()
 
+# The refunds list's saved view (a global bookmark) of the requests waiting for an admin.
+WAITING_PRESET: Item = {
+    "bookmark": "Waiting for approval",
+    "collection": REFUNDS,
+    "user": None,
+    "role": None,
+    "icon": "pending_actions",
+    "color": "#3399FF",
+    "layout": "tabular",
+    "filter": WAITING,
+    "layout_query": {"tabular": {"fields": REFUNDS_LIST_FIELDS, "sort": ["created_at"], "page": 1}},
+}
+
+
+def sync_waiting_preset(client: DirectusClient, *, dry_run: bool = False) -> list[str]:
+    """Create or update the "Waiting for approval" bookmark (found by its name on `refunds`,
+    global); return what changed."""
+    found = client.list_system(
+        "presets",
+        filter={
+            "_and": [
+                {"collection": {"_eq": REFUNDS}},
+                {"bookmark": {"_eq": WAITING_PRESET["bookmark"]}},
+                {"user": {"_null": True}},
+                {"role": {"_null": True}},
+            ]
+        },
+    )
+    if not found:
+        if not dry_run:
+            client.create_system("presets", WAITING_PRESET)
+        return [f"create bookmark {WAITING_PRESET['bookmark']!r}"]
+    differing = _differs(found[0], WAITING_PRESET)
+    if not differing:
+        return []
+    if not dry_run:
+        client.update_system("presets", found[0]["id"], WAITING_PRESET)
+    return [f"update bookmark {WAITING_PRESET['bookmark']!r} ({', '.join(differing)})"]
+
 
 @dataclass(frozen=True)
 class Dashboard:
@@ -340,6 +384,7 @@ def sync_dashboard(
         result.changes.append(f"create dashboard {dashboard.name!r}")
         if dry_run:
             result.changes += [f"create panel {p.key}" for p in dashboard.panels]
+            result.changes += sync_waiting_preset(client, dry_run=True)
             return result
         created = client.create_system("dashboards", wanted)
         dashboard_id = str(created["id"])
@@ -353,6 +398,7 @@ def sync_dashboard(
                 client.update_system("dashboards", dashboard_id, wanted)
     result.dashboard_id = dashboard_id
     _sync_panels(client, dashboard, dashboard_id, result, dry_run=dry_run)
+    result.changes += sync_waiting_preset(client, dry_run=dry_run)
     return result
 
 

@@ -1,12 +1,16 @@
 """Telling people: the "refund result" Flow (contract section 4) and admin alerts.
 
-Two outbox job kinds trigger the same Directus Flow (`POST /flows/trigger/<id>`, key
+Three outbox job kinds trigger the same Directus Flow (`POST /flows/trigger/<id>`, key
 `refund-result`, provisioned by `refund-bridge flows sync`), which sends the e-mails:
 
 - `notify_result` (dedupe `notify:<refund id>:<status>`): one notification per refund result, to
   the order's customer and chef and to the admins. Enqueued by bridge/ledger/results.py in the same
   transaction as the status change, so a duplicate webhook never enqueues a second one. The
   outbox job's `done` state is the record that it was sent.
+- `notify_result_admins` (dedupe `notify:<refund id>:<status>:admins`): when Directus will not
+  name the admins (the bridge's token lacks a permission), `notify_result` mails the customer
+  and the chef at once and hands the admins' part to this job, retried until they are found
+  (docs/directus.md, "The bridge's policy").
 - `alert_admins` (enqueued by bridge/directus/alerts.py): one e-mail to the admins.
 
 A trigger that fails (Directus down, Flow not provisioned yet, an error answer) is retried with
@@ -16,21 +20,19 @@ least once, and a retry after a timeout can repeat a message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.in_app import enqueue_in_app_notification
-from bridge.directus.projection import enqueue_projection
 from bridge.jobs import outbox
 from bridge.ledger import ledger
 from bridge.ledger.money import format_amount
 from bridge.store.models import OutboxJob, Refund, RefundStatus
 from directus_client import DirectusError, ForbiddenError, NotFoundError
+from flows import REFUND_RESULT
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_NOTIFY_RESULT = "notify_result"
-REFUND_RESULT_FLOW = "refund-result"  # flows.REFUND_RESULT
+JOB_NOTIFY_ADMINS = "notify_result_admins"
 KIND_REFUND_RESULT = "refund_result"
 KIND_ADMIN_ALERT = "admin_alert"
 ADMIN_EMAILS_TTL_SECONDS = 300.0
@@ -54,41 +56,6 @@ def enqueue_notify_result(session: Session, refund: Refund, status: str) -> int 
         f"notify:{refund.id}:{status}",
         refund_id=refund.id,
         payload={"status": status},
-    )
-
-
-def flag_for_review(
-    session: Session, refund: Refund, reason: str, *, source: str, project: bool = True
-) -> bool:
-    """Flag the refund for review and alert the admins, once per refund and reason; with
-    `project`, also queue the refund's Directus item update (the flag shows there)."""
-    if not ledger.flag_review(refund, reason, source=source):
-        return False
-    alert_review(session, refund, reason)
-    if project:
-        enqueue_projection(session, refund)
-    return True
-
-
-def alert_review(session: Session, refund: Refund, reason: str) -> None:
-    """The admins' alert for a review reason, by e-mail and in the Directus app
-    (deduplicated per refund and reason)."""
-    digest = hashlib.sha256(reason.encode()).hexdigest()[:16]
-    subject = f"Refund {refund.id} on order {refund.order_id} needs review"
-    message = (
-        f"Refund {refund.id} of order {refund.order_id} "
-        f"({format_amount(refund.amount_cents, refund.currency)} requested, "
-        f"status {refund.status}) needs a person: {reason}."
-    )
-    enqueue_admin_alert(
-        session,
-        dedupe_key=f"review:{refund.id}:{digest}",
-        subject=subject,
-        message=message,
-        refund_id=refund.id,
-    )
-    enqueue_in_app_notification(
-        session, refund, dedupe_key=f"review:{refund.id}:{digest}", subject=subject, message=message
     )
 
 
@@ -159,9 +126,45 @@ def result_body(services: Services, refund: Refund, order: dict[str, Any] | None
         "recipients": {
             "customer": _email(_path(order, names.customer_email)),
             "chef": _email(_path(order, names.chef_email)),
-            "admins": admin_recipients(services),
+            "admins": _result_admins(services, refund),
         },
     }
+
+
+def _admins_dedupe_key(refund: Refund) -> str:
+    return f"notify:{refund.id}:{refund.status}:admins"
+
+
+def _result_admins(services: Services, refund: Refund) -> list[str]:
+    """The admins for a result's notification. When Directus will not say who they are (the
+    bridge's token lacks a permission, docs/directus.md), the customer and the chef are not
+    kept waiting: their part goes now, and the admins' part becomes a job of its own
+    (`notify_result_admins`) that is retried until the admins are found."""
+    if services.settings.admin_emails:
+        return list(services.settings.admin_emails)
+    dedupe_key = _admins_dedupe_key(refund)
+    with services.store.session() as session:
+        handed_over = session.scalar(select(OutboxJob.id).where(OutboxJob.dedupe_key == dedupe_key))
+    if handed_over is not None:
+        return []  # an earlier attempt of this notification handed the admins' part over
+    try:
+        return admin_recipients(services)
+    except DirectusError as exc:
+        with services.store.session() as session:
+            outbox.enqueue(
+                session,
+                JOB_NOTIFY_ADMINS,
+                dedupe_key,
+                refund_id=refund.id,
+                payload={"status": refund.status},
+            )
+        log.error(
+            "the admins could not be found in Directus (%s): the customer and the chef are "
+            "notified now, the admins when they can be found (retried)",
+            _safe(exc),
+            extra={"refund_id": refund.id},
+        )
+        return []
 
 
 def _order_summary(refund: Refund | None, order: dict[str, Any] | None) -> dict[str, Any]:
@@ -180,13 +183,13 @@ def _order_summary(refund: Refund | None, order: dict[str, Any] | None) -> dict[
 
 def refund_result_flow_id(services: Services) -> str:
     """The "refund result" Flow's id, looked up once per process."""
-    cache_key = f"flow_id:{REFUND_RESULT_FLOW}"
+    cache_key = f"flow_id:{REFUND_RESULT}"
     flow_id = services.extras.get(cache_key)
     if flow_id:
         return str(flow_id)
     from flows.sync import find_flow_id
 
-    flow_id = find_flow_id(services.directus, REFUND_RESULT_FLOW)
+    flow_id = find_flow_id(services.directus, REFUND_RESULT)
     if not flow_id:
         raise outbox.RetryLater(
             "the 'refund result' Flow is not in Directus; run `refund-bridge flows sync`"
@@ -204,7 +207,7 @@ def trigger_flow(services: Services, body: dict[str, Any]) -> None:
     try:
         answer = services.directus.trigger_flow(flow_id, body)
     except (NotFoundError, ForbiddenError) as exc:
-        services.extras.pop(f"flow_id:{REFUND_RESULT_FLOW}", None)
+        services.extras.pop(f"flow_id:{REFUND_RESULT}", None)
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
     except DirectusError as exc:
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
@@ -246,6 +249,40 @@ def notify_result(services: Services, job: OutboxJob) -> None:
         "refund result notified",
         extra={"refund_id": refund.id, "status": status, "job_id": job.id},
     )
+
+
+def notify_result_admins(services: Services, job: OutboxJob) -> None:
+    """The admins' part of a result's notification, when they could not be found at first."""
+    status = str(job.payload.get("status") or "")
+    with services.store.session() as session:
+        refund = session.get(Refund, job.refund_id)
+        if refund is None:
+            raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
+        session.expunge(refund)
+    if refund.status != status:
+        log.info(
+            "admins' notification skipped: the refund is now %s",
+            refund.status,
+            extra={"refund_id": refund.id, "job_id": job.id},
+        )
+        return
+    try:
+        admins = admin_recipients(services)
+        order = load_order(services, refund.order_id)
+    except DirectusError as exc:
+        log.error(
+            "the admins are still not notified of refund %s: %s",
+            refund.id,
+            _safe(exc),
+            extra={"refund_id": refund.id, "job_id": job.id},
+        )
+        raise outbox.RetryLater(f"Directus: {_safe(exc)}") from None
+    if not admins:
+        raise outbox.GiveUp("no admin e-mail address (BRIDGE_ADMIN_EMAILS, Directus admins)")
+    body = result_body(services, refund, order)
+    body["recipients"] = {"customer": None, "chef": None, "admins": admins}
+    trigger_flow(services, body)
+    log.info("refund result notified to the admins", extra={"refund_id": refund.id})
 
 
 def alert_admins(services: Services, job: OutboxJob) -> None:

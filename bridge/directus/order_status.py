@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger
+from bridge.ledger.review import flag_job_refund
 from bridge.store.models import OutboxJob, Refund, RefundStatus
 from directus_client import DirectusError, DirectusUnavailableError, NotFoundError
 
@@ -38,17 +38,6 @@ ORDER_CANCELLED = "CANCELLED"
 def enqueue_apply_order(session: Session, refund: Refund) -> int | None:
     """Queue the update of the refund's order (once per refund: it is REFUNDED only once)."""
     return outbox.enqueue(session, JOB_APPLY_ORDER, f"order:{refund.id}", refund_id=refund.id)
-
-
-def paid_cents(value: Any) -> int | None:
-    """The order's amount paid as integer cents (Directus may send a bigInteger as text)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
 
 
 def order_changes(
@@ -86,7 +75,7 @@ def apply_order(services: Services, job: OutboxJob) -> None:
         raise outbox.RetryLater(f"Directus unavailable: {exc.message}") from None
     if order is None:
         raise outbox.GiveUp(f"order {order_id} is not in Directus")
-    paid = paid_cents(order.get(names.amount_paid))
+    paid = ledger.as_cents(order.get(names.amount_paid))
     if paid is None or paid <= 0:
         raise outbox.GiveUp(f"order {order_id} has no usable {names.amount_paid}")
     if refunded > paid:
@@ -111,24 +100,8 @@ def apply_order(services: Services, job: OutboxJob) -> None:
 def alert_over_refund(
     services: Services, job: OutboxJob, order_id: str, *, refunded: int, paid: int
 ) -> None:
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id)
-        if refund is not None:
-            flag_for_review(
-                session,
-                refund,
-                f"order {order_id} is refunded {refunded} cents of {paid} paid",
-                source=ledger.SOURCE_WORKER,
-            )
+    flag_job_refund(services, job, f"order {order_id} is refunded {refunded} cents of {paid} paid")
 
 
 def apply_order_dead(services: Services, job: OutboxJob) -> None:
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id)
-        if refund is not None:
-            flag_for_review(
-                session,
-                refund,
-                f"the order could not be updated in Directus ({job.last_error})",
-                source=ledger.SOURCE_WORKER,
-            )
+    flag_job_refund(services, job, f"the order could not be updated in Directus ({job.last_error})")

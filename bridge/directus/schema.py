@@ -103,9 +103,16 @@ _DATETIME_DISPLAY: dict[str, Any] = {
 }
 _STATUS_DISPLAY_OPTIONS: dict[str, Any] = {
     "choices": [
+        {
+            "text": "Requested",
+            "value": "REQUESTED",
+            "foreground": "#FFFFFF",
+            "background": "#3399FF",
+        },
         {"text": "Pending", "value": "PENDING", "foreground": "#FFFFFF", "background": "#FFA439"},
         {"text": "Refunded", "value": "REFUNDED", "foreground": "#FFFFFF", "background": "#2ECDA7"},
         {"text": "Failed", "value": "FAILED", "foreground": "#FFFFFF", "background": "#E35169"},
+        {"text": "Denied", "value": "DENIED", "foreground": "#FFFFFF", "background": "#A2B5CD"},
     ]
 }
 
@@ -115,12 +122,13 @@ _STATUS_DISPLAY_OPTIONS: dict[str, Any] = {
 REFUND_FIELDS: list[dict[str, Any]] = [
     _choices(
         "status",
-        ["PENDING", "REFUNDED", "FAILED"],
+        ["REQUESTED", "PENDING", "REFUNDED", "FAILED", "DENIED"],
         readonly=True,
         sort=1,
         translations=_label("Status"),
         display_options=_STATUS_DISPLAY_OPTIONS,
-        note="PENDING until RideNDine answers, then REFUNDED or FAILED",
+        note="REQUESTED while waiting for an admin (refund policy), DENIED if refused; "
+        "PENDING until RideNDine answers, then REFUNDED or FAILED",
     ),
     _string(
         "amount",
@@ -169,31 +177,41 @@ REFUND_FIELDS: list[dict[str, Any]] = [
     },
     _text("review_reason", readonly=True, sort=10, translations=_label("Review reason")),
     _text("failure_reason", readonly=True, sort=11, translations=_label("Failure reason")),
+    # An admin's approve or deny of a REQUESTED refund (docs/refunds.md, "The refund policy").
+    _string(
+        "decided_by",
+        readonly=True,
+        sort=12,
+        translations=_label("Decided by (user id)"),
+        note="The admin who approved or denied (user id)",
+    ),
+    _timestamp("decided_at", sort=13, translations=_label("Decided at"), **_DATETIME_DISPLAY),
+    _text("decision_comment", readonly=True, sort=14, translations=_label("Decision comment")),
     _timestamp(
         "created_at",
-        sort=12,
+        sort=15,
         translations=_label("Requested at"),
         **_DATETIME_DISPLAY,
     ),
-    _timestamp("updated_at", sort=13, translations=_label("Updated at"), **_DATETIME_DISPLAY),
+    _timestamp("updated_at", sort=16, translations=_label("Updated at"), **_DATETIME_DISPLAY),
     _choices(
         "source",
         ["cooco", "ridendine"],
         readonly=True,
-        sort=14,
+        sort=17,
         translations=_label("Source"),
         note="cooco: asked through COOCO; ridendine: started by RideNDine",
     ),
-    _string("ridendine_order_id", readonly=True, sort=15, translations=_label("RideNDine order")),
-    _string("ridendine_refund_id", readonly=True, sort=16, translations=_label("RideNDine refund")),
-    _json("items", readonly=True, sort=17, translations=_label("Items")),
-    _json("status_history", readonly=True, sort=18, translations=_label("Status history")),
-    _string("currency", readonly=True, sort=19, translations=_label("Currency")),
+    _string("ridendine_order_id", readonly=True, sort=18, translations=_label("RideNDine order")),
+    _string("ridendine_refund_id", readonly=True, sort=19, translations=_label("RideNDine refund")),
+    _json("items", readonly=True, sort=20, translations=_label("Items")),
+    _json("status_history", readonly=True, sort=21, translations=_label("Status history")),
+    _string("currency", readonly=True, sort=22, translations=_label("Currency")),
     _integer(
         "amount_cents",
         readonly=True,
         hidden=True,
-        sort=20,
+        sort=23,
         translations=_label("Amount (cents)"),
         note="The amount in integer cents: the source of truth, shown as Amount",
     ),
@@ -201,7 +219,7 @@ REFUND_FIELDS: list[dict[str, Any]] = [
         "refunded_amount_cents",
         readonly=True,
         hidden=True,
-        sort=21,
+        sort=24,
         translations=_label("Refunded (cents)"),
         note="What RideNDine refunded in integer cents, shown as Refunded",
     ),
@@ -209,7 +227,7 @@ REFUND_FIELDS: list[dict[str, Any]] = [
         "amount_value",
         readonly=True,
         hidden=True,
-        sort=22,
+        sort=25,
         translations=_label("Amount (number)"),
         note="The amount in the currency's units, for the Insights dashboard's sums",
     ),
@@ -577,6 +595,8 @@ def create_demo_orders(client: DirectusClient, order_fields: OrderFields | None 
                 _choices("payment_status", ["UNPAID", "PAID", "PARTIALLY_REFUNDED", "REFUNDED"]),
                 _integer(names.amount_paid, note="integer cents"),
                 _string(names.currency),
+                # The monthly report dates paid orders by it (BRIDGE_REPORT_ORDER_DATE_FIELD).
+                _timestamp("date_created", special=["date-created"]),
             ],
         }
     )

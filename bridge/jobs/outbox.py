@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -293,20 +293,8 @@ def finish_done(services: Services, jobs: list[OutboxJob], owner: str) -> list[i
         done = list(
             session.scalars(
                 update(OutboxJob)
-                .where(
-                    OutboxJob.id.in_(ids),
-                    OutboxJob.locked_by == owner,
-                    OutboxJob.state == OutboxState.PENDING,
-                )
-                .values(
-                    state=OutboxState.DONE,
-                    attempts=OutboxJob.attempts + 1,
-                    locked_by=None,
-                    locked_until=None,
-                    updated_at=now,
-                    done_at=now,
-                    last_error=None,
-                )
+                .where(_pending_held_by(owner, ids))
+                .values(**_done_values(now))
                 .returning(OutboxJob.id)
             )
         )
@@ -330,13 +318,7 @@ def run_batch(
     with services.store.session() as session:
         jobs = list(
             session.scalars(
-                select(OutboxJob)
-                .where(
-                    OutboxJob.id.in_(job_ids),
-                    OutboxJob.locked_by == owner,
-                    OutboxJob.state == OutboxState.PENDING,
-                )
-                .order_by(OutboxJob.id)
+                select(OutboxJob).where(_pending_held_by(owner, job_ids)).order_by(OutboxJob.id)
             )
         )
         for job in jobs:
@@ -461,15 +443,29 @@ def mark_done(session: Session, job_id: int, *, owner: str) -> None:
     session.execute(
         update(OutboxJob)
         .where(OutboxJob.id == job_id, OutboxJob.locked_by == owner)
-        .values(
-            state=OutboxState.DONE,
-            attempts=OutboxJob.attempts + 1,
-            locked_by=None,
-            locked_until=None,
-            updated_at=now,
-            done_at=now,
-            last_error=None,
-        )
+        .values(**_done_values(now))
+    )
+
+
+def _done_values(now: datetime) -> dict[str, Any]:
+    """The columns of a job recorded done (its lease released)."""
+    return {
+        "state": OutboxState.DONE,
+        "attempts": OutboxJob.attempts + 1,
+        "locked_by": None,
+        "locked_until": None,
+        "updated_at": now,
+        "done_at": now,
+        "last_error": None,
+    }
+
+
+def _pending_held_by(owner: str, job_ids: list[int]) -> ColumnElement[bool]:
+    """Those of `job_ids` still pending under `owner`'s lease."""
+    return and_(
+        OutboxJob.id.in_(job_ids),
+        OutboxJob.locked_by == owner,
+        OutboxJob.state == OutboxState.PENDING,
     )
 
 

@@ -16,6 +16,7 @@ The rules:
   told. A FAILED after REFUNDED changes no state: the refund is flagged and admins alerted, the
   order stays untouched.
 - A result that repeats the current status changes nothing and tells nobody again.
+- A result for a REQUESTED or DENIED refund (never sent) changes nothing and flags it.
 
 Every review flag newly set here also sends one admin alert, so a refund that needs a person is
 never only a flag in a table.
@@ -27,10 +28,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from bridge.directus.notify import alert_review, enqueue_notify_result, flag_for_review
+from bridge.directus.notify import enqueue_notify_result
 from bridge.directus.order_status import enqueue_apply_order
 from bridge.directus.projection import enqueue_projection
 from bridge.ledger import ledger
+from bridge.ledger.review import alert_review, flag_for_review
 from bridge.store.models import Refund, RefundStatus
 
 RESULT_STATUSES = (RefundStatus.REFUNDED, RefundStatus.FAILED)
@@ -73,7 +75,11 @@ def apply_result(
         if flag_for_review(session, refund, reason, source=source, project=False):
             outcome.review_reasons.append(reason)
 
-    if status == RefundStatus.REFUNDED:
+    if refund.status in (RefundStatus.REQUESTED, RefundStatus.DENIED):
+        # Never sent to RideNDine (waiting for, or refused by, an admin): a result for it is
+        # the partner contradicting the ledger; a person decides, no state moves.
+        flag(f"RideNDine reported {status} for a refund that was never sent ({refund.status})")
+    elif status == RefundStatus.REFUNDED:
         if refund.status == RefundStatus.REFUNDED:
             reported = amount_cents if amount_cents is not None else refund.refunded_amount_cents
             if reported != refund.refunded_amount_cents:
@@ -95,7 +101,9 @@ def apply_result(
             outcome.jobs += _enqueue_result_jobs(session, refund, RefundStatus.REFUNDED)
     else:
         if refund.status == RefundStatus.PENDING:
-            refund.failure_reason = _clean_reason(failure_reason) or DEFAULT_FAILURE_REASON
+            refund.failure_reason = (
+                ledger.clean_text(failure_reason, MAX_FAILURE_REASON) or DEFAULT_FAILURE_REASON
+            )
             ledger.transition(refund, RefundStatus.FAILED, source=source, detail=detail)
             outcome.changed = True
             outcome.jobs += _enqueue_result_jobs(session, refund, RefundStatus.FAILED)
@@ -121,11 +129,3 @@ def _enqueue_result_jobs(session: Session, refund: Refund, status: str) -> list[
     enqueue_notify_result(session, refund, status)
     jobs += ["project_refund", "notify_result"]
     return jobs
-
-
-def _clean_reason(value: object) -> str | None:
-    """A partner-supplied reason as safe text for the ledger (no control characters)."""
-    if not isinstance(value, str):
-        return None
-    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
-    return text[:MAX_FAILURE_REASON] or None

@@ -37,8 +37,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from bridge import metrics
-from bridge.directus.order_status import order_changes, paid_cents
+from bridge.directus.order_status import order_changes
 from bridge.directus.projection import REFUNDS_COLLECTION, refund_item
+from bridge.ledger import ledger
 from bridge.store.models import Refund, RefundStatus, utcnow
 from bridge.webhooks import stripe_check
 
@@ -72,6 +73,7 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "source",
     "ridendine_refund_id",
     "needs_review",
+    "decided_by",
     # The amounts as people read them (docs/directus.md, "How money is shown"): an item
     # projected before they existed is rewritten by --fix.
     "amount",
@@ -354,7 +356,7 @@ def _compare_order(
         r.refunded_amount_cents if r.refunded_amount_cents is not None else r.amount_cents
         for r in refunded
     )
-    paid = paid_cents(order.get(settings.order_fields.amount_paid))
+    paid = ledger.as_cents(order.get(settings.order_fields.amount_paid))
     if paid is None or paid <= 0:
         return  # apply_order gives up on such an order and flags the refund itself
     cancels = any(r.reason in settings.cancelling_reasons for r in refunded)
@@ -399,9 +401,22 @@ def _compare_stripe(
         return
     stripe_says = f"{found.status} {found.amount_cents} cents ({sid})"
     status = refund.status
-    fresh = utcnow() - refund.created_at < timedelta(
-        seconds=services.settings.pending_stale_seconds
-    )
+    if status in (RefundStatus.REQUESTED, RefundStatus.DENIED):
+        report.mismatches.append(
+            Mismatch(
+                kind=STRIPE_STATUS_DIFFERS,
+                order_id=refund.order_id,
+                refund_id=refund.id,
+                ledger=ledger_says,
+                directus="-",
+                stripe=stripe_says,
+                fix="review by hand: Stripe has a refund the bridge never sent (no admin "
+                "approved it)",
+            )
+        )
+        return
+    sent_at = refund.decided_at or refund.created_at  # a refund that waited was sent then
+    fresh = utcnow() - sent_at < timedelta(seconds=services.settings.pending_stale_seconds)
     if status == RefundStatus.PENDING and (fresh or found.status in stripe_check.STILL_PENDING):
         return  # still under way on both sides; the worker's stale check follows it
     agrees = (status == RefundStatus.REFUNDED and found.status == stripe_check.SUCCEEDED) or (

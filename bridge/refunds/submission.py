@@ -122,7 +122,7 @@ def _record_acceptance(services: Services, refund_id: str, accepted: RefundAccep
                 refund.ridendine_refund_id = partner_id
                 detail += f", refund_id {partner_id}"
             else:
-                ledger.flag_review(
+                ledger.mark_for_review(
                     refund,
                     f"RideNDine answered with refund_id {partner_id}, already on refund {other}",
                     source=ledger.SOURCE_RIDENDINE_API,
@@ -151,7 +151,7 @@ def _record_rejection(services: Services, refund_id: str, exc: RideNDineRejected
             # Contract section 4: a refund that reached FAILED is told like any result.
             enqueue_notify_result(session, refund, RefundStatus.FAILED)
         else:
-            ledger.flag_review(
+            ledger.mark_for_review(
                 refund,
                 f"RideNDine rejected a refund that is already {refund.status}: {message}",
                 source=ledger.SOURCE_RIDENDINE_API,
@@ -189,7 +189,7 @@ def submission_dead(services: Services, job: OutboxJob) -> None:
             detail=f"{NO_DEFINITE_ANSWER} after {job.attempts} attempt(s): {job.last_error}",
         )
         refund.failure_reason = NO_DEFINITE_ANSWER
-        ledger.flag_review(refund, NO_DEFINITE_ANSWER, source=ledger.SOURCE_WORKER)
+        ledger.mark_for_review(refund, NO_DEFINITE_ANSWER, source=ledger.SOURCE_WORKER)
         enqueue_projection(session, refund)
         enqueue_notify_result(session, refund, RefundStatus.FAILED)
         enqueue_admin_alert(

@@ -39,6 +39,17 @@ def default_database_url(instance_path: str) -> str:
     return f"sqlite:///{os.path.join(instance_path, 'refund-bridge.sqlite3')}"
 
 
+def instance_path() -> str:
+    """The Flask instance folder of the `bridge` package (where the SQLite file lives)."""
+    return Flask("bridge", instance_relative_config=True).instance_path
+
+
+def database_url(configured: str | None) -> str:
+    """The store of a process outside Flask's app (the worker, the commands):
+    BRIDGE_DATABASE_URL when set, else the SQLite file in the instance folder."""
+    return configured or default_database_url(instance_path())
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(

@@ -32,6 +32,7 @@ from directus_client import (
     DirectusUnavailableError,
     ForbiddenError,
     InvalidCredentialsError,
+    MissingPermissionError,
     NotFoundError,
 )
 
@@ -47,6 +48,7 @@ MAX_TOKEN_CHARS = 4096
 ROLE_ADMIN = "admin"
 ROLE_CUSTOMER = "customer"
 _CACHE_KEY = "auth.user_cache"
+_REPORTED_KEY = "auth.missing_permissions_reported"
 _cache_guard = threading.Lock()
 
 
@@ -187,14 +189,17 @@ def _lookup_user(services: Services, user_id: str) -> DirectusUser:
         return cached
     directus = services.directus
     try:
-        found = directus.get_user(user_id, fields=["id", "email", "status"])
-        is_admin = directus.user_has_admin_access(user_id)
-    except (ForbiddenError, NotFoundError):
-        raise NotAuthenticated("The user does not exist.") from None
+        found = directus.find_user(user_id, fields=("id", "email", "status", "role"))
+        if found is None:
+            raise NotAuthenticated("The user does not exist.")
+        if found.get("status") != "active":
+            raise NotAuthenticated("The user is not active.")
+        is_admin = directus.admin_access(user_id, found.get("role"))
+    except MissingPermissionError as exc:
+        raise _misconfigured(services, exc) from None
     except DirectusError as exc:
         raise _unavailable(exc) from None
-    if not isinstance(found, dict) or found.get("status") != "active":
-        raise NotAuthenticated("The user is not active.")
+    _permissions_ok(services)
     email = found.get("email")
     user = DirectusUser(
         id=str(found.get("id") or user_id),
@@ -205,8 +210,36 @@ def _lookup_user(services: Services, user_id: str) -> DirectusUser:
     return user
 
 
+def _misconfigured(services: Services, exc: MissingPermissionError) -> DirectusUnavailable:
+    """The bridge's own token lacks a permission: its configuration, not the caller's fault.
+    Logged as an error once per missing permission until a lookup succeeds again (every
+    request would otherwise log it); the caller gets 503 without the details."""
+    with _cache_guard:
+        reported = services.extras.setdefault(_REPORTED_KEY, set())
+        first = exc.permission not in reported
+        reported.add(exc.permission)
+    if first:
+        log.error(
+            "the bridge's Directus token lacks a permission: %s "
+            "(run `refund-bridge policy apply`, then `refund-bridge check`; docs/directus.md)",
+            exc.message,
+            extra={"permission": exc.permission},
+        )
+    return DirectusUnavailable(
+        "The bridge cannot tell who is calling: its own Directus token lacks a permission "
+        "(a configuration error of the bridge, not of your token). Try again later."
+    )
+
+
+def _permissions_ok(services: Services) -> None:
+    """A lookup went through: a permission missing again later is reported again."""
+    if services.extras.get(_REPORTED_KEY):
+        with _cache_guard:
+            services.extras[_REPORTED_KEY] = set()
+
+
 def _unavailable(exc: DirectusError) -> DirectusUnavailable:
     if not isinstance(exc, DirectusUnavailableError):
-        # The bridge's own token was refused, or Directus answered something unexpected.
+        # Directus answered something unexpected to the bridge's own lookup.
         log.error("Directus refused the bridge's user lookup: %s", exc)
     return DirectusUnavailable("Directus could not confirm who is calling; try again shortly.")

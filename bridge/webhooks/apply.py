@@ -8,9 +8,9 @@ import logging
 from sqlalchemy.orm import Session
 
 from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.notify import flag_for_review
 from bridge.ledger import ledger
 from bridge.ledger.results import apply_result
+from bridge.ledger.review import flag_for_review
 from bridge.store.models import InboxEvent, InboxState, Refund, utcnow
 
 log = logging.getLogger(__name__)

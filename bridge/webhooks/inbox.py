@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 
 from bridge import metrics
 from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger
+from bridge.ledger.review import flag_for_review
 from bridge.store.db import lock_order
 from bridge.store.models import (
     InboxEvent,
@@ -253,13 +253,6 @@ def _apply_or_hold(services: Services, session: Session, event: InboxEvent, refu
     apply_event(session, event, refund)
 
 
-def _text(value: Any, limit: int) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
-    return text[:limit] or None
-
-
 def _currency(value: Any) -> str | None:
     """An ISO 4217 code (three letters), upper case, or None."""
     if isinstance(value, str) and len(value.strip()) == 3 and value.strip().isalpha():
@@ -276,11 +269,11 @@ def _outside_refund(
     currency = _currency(payload.get("currency_code")) or _currency(order.get(names.currency))
     refund = Refund(
         order_id=event.external_order_id,
-        ridendine_order_id=_text(order.get("ridendine_order_id"), 255),
+        ridendine_order_id=ledger.clean_text(order.get("ridendine_order_id"), 255),
         amount_cents=event.amount_cents,
         currency=currency or services.settings.default_currency,
-        reason=_text(payload.get("reason"), 64) or "unspecified",
-        reason_comments=_text(payload.get("reason_comments"), 500),
+        reason=ledger.clean_text(payload.get("reason"), 64) or "unspecified",
+        reason_comments=ledger.clean_text(payload.get("reason_comments"), 500),
         requested_by="ridendine",
         status=RefundStatus.PENDING,
         ridendine_refund_id=event.ridendine_refund_id,
@@ -317,16 +310,23 @@ def process_event(services: Services, job: OutboxJob) -> None:
 
 def _process(services: Services, session: Session, event: InboxEvent) -> None:
     """The `process_event` job's work on a RECEIVED event, in the caller's transaction."""
-    event.attempts += 1
-    lock_order(session, event.external_order_id)
-    refund = match_local(session, event)
-    if refund is not None:
-        _apply_or_hold(services, session, event, refund)
+    if _apply_if_matched(services, session, event):
         return
     event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
     outbox.enqueue(
         session, JOB_RESOLVE_EVENT, f"resolve:{event.id}", payload={"event_id": event.id}
     )
+
+
+def _apply_if_matched(services: Services, session: Session, event: InboxEvent) -> bool:
+    """Count a processing attempt, and apply the event when a refund of the ledger matches it."""
+    event.attempts += 1
+    lock_order(session, event.external_order_id)
+    refund = match_local(session, event)
+    if refund is None:
+        return False
+    _apply_or_hold(services, session, event, refund)
+    return True
 
 
 def resolve_event(services: Services, job: OutboxJob) -> None:
@@ -336,11 +336,7 @@ def resolve_event(services: Services, job: OutboxJob) -> None:
         event = _load_event(session, job)
         if event.state == InboxState.APPLIED or (event.state == InboxState.FAILED and not replay):
             return
-        event.attempts += 1
-        lock_order(session, event.external_order_id)
-        refund = match_local(session, event)
-        if refund is not None:
-            _apply_or_hold(services, session, event, refund)
+        if _apply_if_matched(services, session, event):
             return
         order_id = event.external_order_id
         if job.attempts < IN_FLIGHT_WAIT_ATTEMPTS and _submission_in_flight(session, order_id):

@@ -1,26 +1,9 @@
-"""Refund results checked against Stripe, and refunds that stay PENDING too long.
+"""Refund results checked against Stripe (when `BRIDGE_STRIPE_API_KEY` is set), and refunds that
+stay PENDING too long: the `verify_refunded` and `check_pending_refund` jobs.
 
-RideNDine refunds through Stripe. When `BRIDGE_STRIPE_API_KEY` is set (a read-only restricted
-key is enough: Refunds, read), the bridge asks Stripe itself, with the official SDK through a
-`stripe.StripeClient` built from the settings (never the SDK's module globals).
-
-Which Stripe refund: RideNDine's `refund_id` (recorded from the answer to the submission, or
-from the webhook) when it is a Stripe refund id, `re_...`. Nothing else is guessed.
-
-Two uses:
-- A REFUNDED webhook, before it is applied: the inbox calls `hold_refunded`, which queues a
-  `verify_refunded` job instead (Stripe is never asked inside a transaction or while RideNDine
-  waits for its 200). Only a Stripe refund that has `succeeded`, for the amount the result
-  reports, lets the job apply the result. Stripe saying `failed`/`canceled`, another amount, no
-  such refund, or no Stripe id at all: the result is not applied, the event is `failed` and the
-  refund is flagged for review (admins alerted). Stripe `pending`/`requires_action`, or Stripe
-  unreachable: the job retries with the outbox's backoff.
-- A refund PENDING for longer than `BRIDGE_PENDING_STALE_SECONDS` (the webhook never came): the
-  worker queues a `check_pending_refund` job (at most one per refund per stale period). With a
-  Stripe id: `succeeded` with the same amount is applied like a REFUNDED webhook, `failed` or
-  `canceled` like FAILED (bridge/ledger/results.py, source `reconciliation`), `pending` waits; a
-  different amount is flagged, not applied. Without a Stripe key or id: once the refund has been
-  PENDING for `BRIDGE_PENDING_REVIEW_SECONDS`, it is flagged and admins are told, once.
+Stripe is asked through a `stripe.StripeClient` built from the settings, never the SDK's module
+globals, and never inside a transaction. Which Stripe refund, and what each answer does:
+docs/worker.md ("Stale PENDING refunds and Stripe").
 """
 
 from __future__ import annotations
@@ -32,11 +15,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from bridge.directus.notify import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger, results
+from bridge.ledger.review import flag_for_review, flag_job_refund
 from bridge.metrics import instrumented_session
 from bridge.store.db import lock_order
 from bridge.store.models import InboxEvent, InboxState, OutboxJob, Refund, RefundStatus, utcnow
@@ -318,15 +301,8 @@ def verify_refunded_event(services: Services, job: OutboxJob) -> None:
 
 def verify_refunded_dead(services: Services, job: OutboxJob) -> None:
     # Stripe never settled it (pending for a day, or unreachable): a person looks.
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id) if job.refund_id else None
-        if refund is not None:
-            flag_for_review(
-                session,
-                refund,
-                f"a REFUNDED result could not be confirmed with Stripe ({job.last_error})",
-                source=ledger.SOURCE_WORKER,
-            )
+    reason = f"a REFUNDED result could not be confirmed with Stripe ({job.last_error})"
+    flag_job_refund(services, job, reason)
 
 
 # -- PENDING refunds whose result does not come ------------------------------------------------
@@ -343,11 +319,13 @@ def enqueue_stale_checks(services: Services, *, now: datetime | None = None) -> 
     stale = timedelta(seconds=settings.pending_stale_seconds)
     can_ask_stripe = bool(settings.stripe_api_key)
     queued = 0
+    # A refund that waited for an admin was sent when approved: its clock starts then.
+    sent_at = func.coalesce(Refund.decided_at, Refund.created_at)
     with services.store.session() as session:
         rows = session.execute(
-            select(Refund.id, Refund.created_at, Refund.ridendine_refund_id, Refund.review_reason)
-            .where(Refund.status == RefundStatus.PENDING, Refund.created_at <= now - stale)
-            .order_by(Refund.created_at)
+            select(Refund.id, sent_at, Refund.ridendine_refund_id, Refund.review_reason)
+            .where(Refund.status == RefundStatus.PENDING, sent_at <= now - stale)
+            .order_by(sent_at)
         ).all()
         review = _pending_review_reason(settings)
         for refund_id, created_at, ridendine_refund_id, review_reason in rows:
@@ -377,7 +355,8 @@ def check_pending_refund(services: Services, job: OutboxJob) -> None:
         if refund is None or refund.status != RefundStatus.PENDING:
             return  # a result came meanwhile
         stripe_id = stripe_refund_id(refund.ridendine_refund_id)
-        amount, currency, created_at = refund.amount_cents, refund.currency, refund.created_at
+        amount, currency = refund.amount_cents, refund.currency
+        created_at = refund.decided_at or refund.created_at  # sent when approved, if it waited
     client = get_client(services)
     if client is not None and stripe_id is not None:
         try:

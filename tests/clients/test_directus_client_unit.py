@@ -31,6 +31,7 @@ from directus_client import (
     InvalidCredentialsError,
     InvalidPayloadError,
     InvalidQueryError,
+    MissingPermissionError,
     NotFoundError,
     RateLimitedError,
     RecordNotUniqueError,
@@ -434,3 +435,79 @@ def test_connection_refused_is_unavailable_after_the_retries() -> None:
     assert not isinstance(caught.value, DirectusTimeoutError)
     assert TOKEN not in str(caught.value)
     assert client.ping() is False
+
+
+# -- lookups of people: a missing permission is named, never a crash --------------------------
+
+USER = "6b6e3a70-8605-4a73-88f0-18f6da19e6c0"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"data": ["7c735bdc-6ae3-44ef-bccd-b934cc09309c"]},  # ids where objects were asked
+        {"data": {"id": "p1"}},
+        {"data": None},
+        "not json at all",
+    ],
+)
+def test_an_answer_of_another_shape_names_the_permission(
+    client: DirectusClient, mocked: responses.RequestsMock, answer: Any
+) -> None:
+    if isinstance(answer, str):
+        mocked.get(f"{BASE}/policies", body=answer)
+    else:
+        mocked.get(f"{BASE}/policies", json=answer)
+    with pytest.raises(MissingPermissionError) as caught:
+        client.admin_emails()
+    assert caught.value.permission == "read directus_policies (id, admin_access)"
+    assert str(caught.value).startswith(
+        "cannot read directus_policies (id, admin_access): needed to find the users with "
+        "admin access (Directus answered "
+    )
+    assert TOKEN not in str(caught.value)
+
+
+def test_a_403_on_a_lookup_is_a_missing_permission_not_a_missing_user(
+    client: DirectusClient, mocked: responses.RequestsMock
+) -> None:
+    mocked.get(f"{BASE}/users", json={"data": [{"id": USER, "role": "r1"}]})
+    mocked.get(f"{BASE}/roles", json={"data": [{"id": "r1", "parent": None}]})
+    mocked.get(f"{BASE}/access", status=403, json=problem("FORBIDDEN"))
+    with pytest.raises(MissingPermissionError) as caught:
+        client.user_has_admin_access(USER)
+    assert caught.value.permission == "read directus_access (user, role, policy)"
+    assert caught.value.purpose == "tell whether a user has admin access"
+    assert caught.value.status == 403
+    assert not isinstance(caught.value, ForbiddenError)  # callers must not read "no such user"
+
+
+def test_a_user_that_is_not_there_is_none(
+    client: DirectusClient, mocked: responses.RequestsMock
+) -> None:
+    mocked.get(f"{BASE}/users", json={"data": []})
+    assert client.find_user(USER) is None
+    assert client.user_has_admin_access(USER) is False
+
+
+def test_admin_access_through_a_parent_role(
+    client: DirectusClient, mocked: responses.RequestsMock
+) -> None:
+    """A role inherits its parent's policies (Directus 11): the chain is followed, and a
+    cycle in it ends the walk."""
+    parents = {"child": "parent", "parent": "child"}
+
+    def role(request: Any) -> tuple[int, dict[str, str], str]:
+        wanted = json.loads(request.params["filter"])["id"]["_eq"]
+        return 200, {}, json.dumps({"data": [{"id": wanted, "parent": parents[wanted]}]})
+
+    def access(request: Any) -> tuple[int, dict[str, str], str]:
+        holders = json.loads(request.params["filter"])["_or"]
+        roles = next((h["role"]["_in"] for h in holders if "role" in h), [])
+        assert roles == ["child", "parent"]
+        return 200, {}, json.dumps({"data": [{"policy": "admin-policy"}]})
+
+    mocked.add_callback(responses.GET, f"{BASE}/roles", callback=role)
+    mocked.add_callback(responses.GET, f"{BASE}/access", callback=access)
+    mocked.get(f"{BASE}/policies", json={"data": [{"id": "admin-policy"}]})
+    assert client.admin_access(USER, "child") is True

@@ -268,7 +268,7 @@ def test_a_new_refund_is_projected_with_one_request(
     with services.store.session() as session:
         stored = session.get(Refund, refund.id)
         assert stored is not None
-        ledger.flag_review(stored, "checked by the test", source="operator")
+        ledger.mark_for_review(stored, "checked by the test", source="operator")
     changed = load_refund(services, refund.id)
     counted.clear()
     upsert_refund_item(services, changed)  # a later change of a known refund: one PATCH

@@ -72,6 +72,18 @@ def test_sync_twice_leaves_one_dashboard_with_its_panels(
     assert by_key["by_reason"]["options"]["column"] == "reason"
     assert by_key["by_status"]["options"]["xAxis"] == "status"
     assert by_key["amount_per_day"]["options"]["valueField"] == "amount_value"
+    waiting = by_key["waiting_for_approval"]
+    assert (waiting["type"], waiting["options"]["filter"]) == (
+        "list",
+        {"status": {"_eq": "REQUESTED"}},
+    )
+    # The refunds list's saved view of the waiting requests: one, global.
+    (preset,) = directus_admin.list_system(
+        "presets",
+        filter={"collection": {"_eq": "refunds"}, "bookmark": {"_eq": "Waiting for approval"}},
+    )
+    assert preset["filter"] == {"status": {"_eq": "REQUESTED"}}
+    assert (preset["user"], preset["role"], preset["layout"]) == (None, None, "tabular")
 
 
 def test_sync_repairs_drift_and_keeps_admins_own_panels(
@@ -266,10 +278,12 @@ def test_the_dashboard_loads_through_graphql_as_the_app_sends_it(
     order = make_order(directus_admin, currency=currency)
     now = datetime.now(UTC).isoformat()
     flagged = unique_id("rf")
+    waiting = unique_id("rf")
     for refund_id, cents, status, review in (
         (unique_id("rf"), 1234, "REFUNDED", False),
         (unique_id("rf"), 500, "REFUNDED", False),
         (flagged, 999, "PENDING", True),
+        (waiting, 777, "REQUESTED", False),
     ):
         refund = new_refund(order["id"], cents, currency=currency)
         item = refund_item(refund)
@@ -301,6 +315,11 @@ def test_the_dashboard_loads_through_graphql_as_the_app_sends_it(
     listed = {r["id"]: r for r in answers["needs_review_list"]}
     assert listed[flagged]["amount"] == f"9.99 {currency}"
     assert listed[flagged]["order_id"] == {"id": order["id"]}
+    assert waiting in {r["id"] for r in answers["waiting_for_approval"]}
+    assert flagged not in {r["id"] for r in answers["waiting_for_approval"]}
+    assert {r["id"]: r["amount"] for r in answers["waiting_for_approval"]}[waiting] == (
+        f"7.77 {currency}"
+    )
 
 
 def test_an_invalid_panel_fails_the_whole_graphql_query(

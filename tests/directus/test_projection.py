@@ -88,7 +88,7 @@ def test_a_projection_also_completes_the_ones_queued_before_it(
     with services.store.session() as session:  # a later change: its own job, queued
         stored = session.get(Refund, refund_id)
         assert stored is not None
-        ledger.flag_review(stored, "checked by the test", source="operator")
+        ledger.mark_for_review(stored, "checked by the test", source="operator")
         queued = enqueue_projection(session, stored)
     with services.store.session() as session:  # another one, whose job a worker holds
         stored = session.get(Refund, refund_id)

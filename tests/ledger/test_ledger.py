@@ -51,9 +51,9 @@ def test_refunded_after_failed_is_allowed_and_flagged() -> None:
 
 def test_flag_review_is_idempotent_per_reason() -> None:
     refund = new_refund()
-    assert ledger.flag_review(refund, "amount differs", source="webhook")
-    assert not ledger.flag_review(refund, "amount differs", source="webhook")
-    assert ledger.flag_review(refund, "stripe disagrees", source="reconciliation")
+    assert ledger.mark_for_review(refund, "amount differs", source="webhook")
+    assert not ledger.mark_for_review(refund, "amount differs", source="webhook")
+    assert ledger.mark_for_review(refund, "stripe disagrees", source="reconciliation")
     assert refund.review_reason == "amount differs; stripe disagrees"
 
 
