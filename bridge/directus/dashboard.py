@@ -274,6 +274,25 @@ def refund_panels(currency: str = "EUR") -> tuple[Panel, ...]:
                 "filter": REVIEW,
             },
         ),
+        Panel(
+            key="waiting_for_approval",
+            name="Waiting for approval",
+            type="list",
+            icon="pending_actions",
+            position=(1, 61, 60, 20),
+            note="Customers' requests waiting for an admin, oldest first; open one and run "
+            '"approve or deny".',
+            color="#3399FF",
+            options={
+                "collection": REFUNDS,
+                "limit": 50,
+                "sortField": "created_at",
+                "sortDirection": "asc",
+                "displayTemplate": "{{id}} · {{amount}} · {{reason}} · {{created_at}}",
+                "linkToItem": True,
+                "filter": WAITING,
+            },
+        ),
     )
 
 

@@ -1,6 +1,8 @@
 """Directus in-app notifications to the admins (the bell in the Directus app), next to the
 e-mails: one notification per admin user, linked to the refund's item page (collection
-`refunds`, item = the refund's id). docs/directus.md, "In-app notifications".
+`refunds`, item = the refund's id). Used for refunds that need review (`notify_in_app` jobs)
+and the refund policy's notices (bridge/refunds/approval.py). docs/directus.md, "In-app
+notifications".
 
 Queued in the outbox (`notify_in_app`, deduplicated by the caller's key) in the transaction
 that makes the refund worth telling, and sent by the worker. A retry never notifies an admin
