@@ -9,6 +9,7 @@ row lock per order instead (`lock_order`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +23,15 @@ from flask import Flask, current_app
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge.models import OrderLock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A PostgreSQL connection idle for longer is checked before use (`_ping_when_idle`).
+PING_AFTER_IDLE_SECONDS = 10.0
 
 
 class StoreNotMigrated(Exception):
@@ -48,10 +52,35 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for PING_AFTER_IDLE_SECONDS:
+    SQLAlchemy's `pool_pre_ping` costs a round trip on every checkout, i.e. on every request
+    (docs/performance.md). A connection that dies while in use (the server restarted) fails
+    that transaction, and SQLAlchemy then discards every older connection of the pool."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:
+            # The pool throws this connection away and checks out another.
+            raise DisconnectionError(str(exc)) from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -126,6 +155,8 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # Per-process writer threads by name (bridge/group_commit.py), made on first use.
+        self.writers: dict[str, Any] = {}
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -134,6 +165,9 @@ class Store:
             yield session
 
     def dispose(self) -> None:
+        for writer in list(self.writers.values()):
+            writer.stop()
+        self.writers.clear()
         self.engine.dispose()
 
 

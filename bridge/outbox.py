@@ -437,11 +437,12 @@ def _finish(
     return state
 
 
-def mark_done(session: Session, job_id: int, *, owner: str) -> None:
+def mark_done(session: Session, job_id: int, *, owner: str) -> bool:
     """Record a leased job done in the caller's transaction (its work was done in that same
-    transaction, so the two commit together or not at all)."""
+    transaction, so the two commit together or not at all); False when `owner` no longer
+    holds it."""
     now = utcnow()
-    session.execute(
+    result = session.execute(
         update(OutboxJob)
         .where(OutboxJob.id == job_id, OutboxJob.locked_by == owner)
         .values(
@@ -454,6 +455,7 @@ def mark_done(session: Session, job_id: int, *, owner: str) -> None:
             last_error=None,
         )
     )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _free_or_held_by(owner: str | None) -> ColumnElement[bool]:
