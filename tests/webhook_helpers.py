@@ -104,6 +104,7 @@ def make_pending_refund(
             order_id=order["id"],
             ridendine_order_id=order["ridendine_order_id"],
             amount_cents=amount_cents or order["amount_paid_cents"],
+            order_paid_cents=order.get("amount_paid_cents"),
             currency=order.get("currency") or "EUR",
             reason=reason,
             requested_by="admin",

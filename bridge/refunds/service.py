@@ -345,6 +345,7 @@ def _record(
                 order_id=order.id,
                 ridendine_order_id=order.ridendine_order_id,
                 amount_cents=amount,
+                order_paid_cents=paid_cents,
                 currency=order.currency,
                 reason=request.reason,
                 reason_comments=request.reason_comments,

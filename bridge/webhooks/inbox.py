@@ -52,6 +52,7 @@ from bridge.models import (
     utcnow,
 )
 from bridge.notify import flag_for_review
+from bridge.order_status import paid_cents
 from bridge.results import apply_result
 from directus_client import DirectusError
 
@@ -395,6 +396,7 @@ def _outside_refund(
         order_id=event.external_order_id,
         ridendine_order_id=_text(order.get("ridendine_order_id"), 255),
         amount_cents=event.amount_cents,
+        order_paid_cents=paid_cents(order.get(names.amount_paid)),
         currency=currency or services.settings.default_currency,
         reason=_text(payload.get("reason"), 64) or "unspecified",
         reason_comments=_text(payload.get("reason_comments"), 500),
@@ -515,7 +517,9 @@ def _resolve_event(services: Services, job: OutboxJob) -> None:
     names = services.settings.order_fields
     try:
         order = services.directus.find_item(
-            names.collection, order_id, fields=["id", "ridendine_order_id", names.currency]
+            names.collection,
+            order_id,
+            fields=["id", "ridendine_order_id", names.currency, names.amount_paid],
         )
     except DirectusError as exc:
         with services.store.session() as session:
