@@ -9,6 +9,7 @@ row lock per order instead (`lock_order`).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,9 @@ from bridge.models import OrderLock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option of the store's read-only sessions (`Store.read_session`).
+READ_ONLY = "bridge_read_only"
+_HOLDS_WRITE_LOCK = "bridge_holds_write_lock"
 # A PostgreSQL connection idle for longer is checked before use (`_ping_when_idle`).
 PING_AFTER_IDLE_SECONDS = 10.0
 
@@ -95,9 +99,41 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
+    # One writer at a time within the process, queued on a Python lock that wakes the next
+    # thread at once, instead of on SQLite's busy handler, which sleeps 1 to 100 ms between
+    # tries (the tail of every answer under load: docs/performance.md). Across processes
+    # SQLite's lock and busy handler still decide. Held from BEGIN IMMEDIATE until the
+    # connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
+    write_lock = threading.Lock()
+
+    def release(info: dict[str, Any]) -> None:
+        if info.pop(_HOLDS_WRITE_LOCK, False):
+            write_lock.release()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY):
+            # Reads take no lock in WAL mode: a deferred transaction, a consistent snapshot.
+            connection.exec_driver_sql("BEGIN")
+            return
+        info = connection.info
+        if not info.get(_HOLDS_WRITE_LOCK) and write_lock.acquire(
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+        ):
+            info[_HOLDS_WRITE_LOCK] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            release(info)
+            raise
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        release(record.info)
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        release(record.info)
 
 
 def lock_order(session: Session, order_id: str) -> None:
@@ -155,6 +191,9 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessionmaker = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
         # Per-process writer threads by name (bridge/group_commit.py), made on first use.
         self.writers: dict[str, Any] = {}
 
@@ -162,6 +201,14 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
         with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session that only reads: on SQLite a deferred transaction (no write lock, no
+        wait behind writers in WAL mode), so the many small reads of a request do not queue
+        with the writes."""
+        with self.read_sessionmaker() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

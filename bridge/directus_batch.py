@@ -79,7 +79,7 @@ def _refunds(
     ids = {job.refund_id for job in jobs if job.refund_id}
     if not ids:
         return {}
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         query = select(Refund).where(Refund.id.in_(ids))
         if history:
             query = query.options(selectinload(Refund.history))

@@ -227,7 +227,7 @@ def claim(
 def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str:
     """Do one claimed job; return its state afterwards (`done`, `pending` or `dead`)."""
     owner = owner or worker_id()
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         job = session.get(OutboxJob, job_id)
         if job is None or job.state != OutboxState.PENDING or job.locked_by != owner:
             return job.state if job is not None else "missing"
@@ -310,7 +310,7 @@ def run_batch(
     BATCH_ORDER, then the rest one by one. Return each job's state afterwards, and whether
     a batch found Directus down (`DirectusDown`). Jobs not started because `should_stop()`
     turned true are handed back (their leases cleared)."""
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         jobs = list(
             session.scalars(
                 select(OutboxJob)
@@ -572,7 +572,7 @@ def is_due(services: Services, *, kinds: tuple[str, ...] | None = None) -> bool:
     query = select(OutboxJob.id).where(_due_filter(utcnow())).limit(1)
     if kinds:
         query = query.where(OutboxJob.kind.in_(kinds))
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         return session.scalar(query) is not None
 
 

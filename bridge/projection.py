@@ -109,7 +109,7 @@ def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool
 
 @outbox.handler(JOB_PROJECT_REFUND)
 def _project_refund(services: Services, job: OutboxJob) -> None:
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         # The queued projections are read before the refund: each was committed with a change
         # that the refund read next includes, so this run covers them.
         covered = outbox.pending_job_ids(

@@ -381,7 +381,7 @@ def _record(
 
 def _answer_for_refund(services: Services, refund_id: str) -> Answer:
     """202 with the refund, or 422 when RideNDine rejected it."""
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         refund = session.get(Refund, refund_id)
         if refund is None:  # pragma: no cover - the refund was committed before
             raise RefundNotFound()
@@ -417,7 +417,7 @@ def _earlier_answer(
     when the key is new. Another body with the key is 409."""
     deadline = time.monotonic() + (IDEMPOTENCY_WAIT_SECONDS if wait else 0.0)
     while True:
-        with services.store.session() as session:
+        with services.store.read_session() as session:
             record = session.get(IdempotencyRecord, (scope, key))
             if record is not None:
                 session.expunge(record)

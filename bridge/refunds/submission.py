@@ -59,7 +59,7 @@ class _Submission:
 
 def _pending_submission(services: Services, refund_id: str | None) -> _Submission | None:
     """What to send, or None when the refund no longer needs sending."""
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         refund = session.get(Refund, refund_id) if refund_id else None
         if refund is None:
             raise outbox.GiveUp(f"refund {refund_id} is not in the ledger")
