@@ -21,6 +21,7 @@ import os
 import random
 import socket
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,12 @@ BATCH_ORDER: list[str] = []
 # last_error of a job that failed only because a dependency did not answer: the worker pulls
 # such jobs forward once the dependency answers again (bridge/worker.py).
 UNAVAILABLE_PREFIX = "Directus unavailable"
+
+
+# Jobs the running handler recorded done itself (`complete_in`), per `run_job` call.
+_completed_in_handler: ContextVar[set[int] | None] = ContextVar(
+    "outbox_completed_in_handler", default=None
+)
 
 
 class RetryLater(Exception):
@@ -234,6 +241,8 @@ def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str
         session.expunge(job)
     func = HANDLERS.get(job.kind)
     outcome: Exception | None = None
+    completed: set[int] = set()
+    token = _completed_in_handler.set(completed)
     try:
         if func is None:
             raise GiveUp(f"no handler for job kind {job.kind!r}")
@@ -242,6 +251,11 @@ def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str
             func(services, job)
     except Exception as exc:  # noqa: BLE001 - every failure is the job's outcome (finish)
         outcome = exc
+    finally:
+        _completed_in_handler.reset(token)
+    if outcome is None and job.id in completed:
+        metrics.outbox_job_run(job.kind, OutboxState.DONE)  # recorded by the handler
+        return OutboxState.DONE
     return finish(services, job, owner, outcome)
 
 
@@ -490,26 +504,45 @@ def complete_superseded(services: Services, job_ids: list[int], *, owner: str | 
     worker claimed meanwhile is left to it (it does the same work again, harmlessly)."""
     if not job_ids:
         return 0
+    with services.store.session() as session:
+        return complete_superseded_in(session, job_ids, owner=owner)
+
+
+def complete_superseded_in(session: Session, job_ids: list[int], *, owner: str | None) -> int:
+    """`complete_superseded` in the caller's transaction."""
+    if not job_ids:
+        return 0
     now = utcnow()
     holder = _free_or_held_by(owner)
-    with services.store.session() as session:
-        done = list(
-            session.scalars(
-                update(OutboxJob)
-                .where(OutboxJob.id.in_(job_ids), OutboxJob.state == OutboxState.PENDING, holder)
-                .values(
-                    state=OutboxState.DONE,
-                    locked_by=None,
-                    locked_until=None,
-                    updated_at=now,
-                    done_at=now,
-                    last_error="superseded: a later run did the same work",
-                )
-                .returning(OutboxJob.id)
+    done = list(
+        session.scalars(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_(job_ids), OutboxJob.state == OutboxState.PENDING, holder)
+            .values(
+                state=OutboxState.DONE,
+                locked_by=None,
+                locked_until=None,
+                updated_at=now,
+                done_at=now,
+                last_error="superseded: a later run did the same work",
             )
+            .returning(OutboxJob.id)
         )
+    )
     # Not counted in the job-run metrics: these jobs never ran (their attempts stay 0).
     return len(done)
+
+
+def complete_in(session: Session, job: OutboxJob) -> bool:
+    """Record the running `job` done in the handler's own (last) transaction, so that
+    `run_job` needs no transaction of its own to finish it. If that transaction does not
+    commit, or the handler raises afterwards, the job ends as usual (retried)."""
+    if job.locked_by is None or not mark_done(session, job.id, owner=job.locked_by):
+        return False
+    completed = _completed_in_handler.get()
+    if completed is not None:
+        completed.add(job.id)
+    return True
 
 
 def run_now(services: Services, job_id: int | None, *, owner: str) -> str | None:

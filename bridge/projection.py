@@ -140,4 +140,7 @@ def _project_refund(services: Services, job: OutboxJob) -> None:
         raise outbox.GiveUp(
             f"order {refund.order_id} of refund {refund.id} does not exist in Directus"
         ) from None
-    outbox.complete_superseded(services, covered, owner=job.locked_by)
+    with services.store.session() as session:
+        # The jobs this run covered and the job itself, done in one transaction.
+        outbox.complete_superseded_in(session, covered, owner=job.locked_by)
+        outbox.complete_in(session, job)

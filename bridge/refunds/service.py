@@ -46,7 +46,7 @@ from bridge.errors import (
 from bridge.models import IdempotencyRecord, Refund, RefundSource, RefundStatus, utcnow
 from bridge.projection import enqueue_projection
 from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
-from bridge.refunds.submission import enqueue_submission
+from bridge.refunds.submission import REQUEST_OWNER_PREFIX, enqueue_submission
 from directus_client import DirectusError, DirectusUnavailableError
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def request_refund(
     paid_cents = _refundable_order(order)
     amount = _requested_amount(request, paid_cents)
 
-    owner = f"request:{uuid.uuid4().hex}"
+    owner = f"{REQUEST_OWNER_PREFIX}{uuid.uuid4().hex}"
     try:
         refund_id, projection_job, submit_job = _record(
             services,
