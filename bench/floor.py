@@ -225,7 +225,11 @@ class Floor:
 
             connection.execute(SCHEMA)
         connection.close()
-        env = {**os.environ, "FLOOR_WEBHOOK_SECRET": WEBHOOK_SECRET, "FLOOR_DATABASE": str(database)}
+        env = {
+            **os.environ,
+            "FLOOR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "FLOOR_DATABASE": str(database),
+        }
         log = self.workdir / "floor.log"
         command = [
             sys.executable,
@@ -324,9 +328,7 @@ class Floor:
                 with suppress(subprocess.TimeoutExpired):
                     profiler.wait(timeout=self.seconds + 30)
             _stop(process)
-        accepted = result["requests"] - result["errors"]["not_200"] - result["errors"][
-            "duplicates"
-        ]
+        accepted = result["requests"] - result["errors"]["not_200"] - result["errors"]["duplicates"]
         # Every delivery answered 200 "accepted" must be in the store (recorded before 200).
         result["recorded"] = stored
         result["errors"]["accepted_not_recorded"] = max(0, accepted - stored)
@@ -342,8 +344,21 @@ class Floor:
         started = []
         for pid in _children(master):
             out = self.profile_dir / f"{name}-{pid}.txt"
-            command = [spy, "record", "-p", str(pid), "-d", str(max(1, round(self.seconds))),
-                       "-r", "100", "-f", "raw", "--nonblocking", "-o", str(out)]
+            command = [
+                spy,
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(max(1, round(self.seconds))),
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(out),
+            ]
             with open(self.profile_dir / f"{name}-{pid}.log", "ab") as log:
                 started.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
         return started

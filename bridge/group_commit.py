@@ -23,7 +23,7 @@ R = TypeVar("R")
 
 
 class _Pending(Generic[T, R]):
-    __slots__ = ("item", "done", "result", "error")
+    __slots__ = ("done", "error", "item", "result")
 
     def __init__(self, item: T) -> None:
         self.item = item
@@ -103,7 +103,7 @@ class GroupWriter(Generic[T, R]):
             outcomes = self._write([pending.item for pending in group])
             if len(outcomes) != len(group):
                 raise RuntimeError(f"{self._name}: {len(outcomes)} outcomes for {len(group)}")
-        except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the failure
+        except BaseException as exc:
             log.exception("%s: a group of %d failed", self._name, len(group))
             outcomes = [exc] * len(group)
         for pending, outcome in zip(group, outcomes, strict=True):

@@ -29,9 +29,9 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -174,7 +174,7 @@ def _writer(store: Store) -> GroupWriter[Delivery, Recorded]:
                     name="inbox-writer",
                 )
                 store.writers[_WRITER_KEY] = writer
-    return writer  # type: ignore[no-any-return]
+    return cast("GroupWriter[Delivery, Recorded]", writer)
 
 
 def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded | BaseException]:
@@ -198,7 +198,7 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
     try:
         with store.engine.begin() as connection:
             insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-            table = InboxEvent.__table__
+            table = cast(Table, InboxEvent.__table__)
             # executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT per
             # batch, from a statement compiled once (its "insertmanyvalues").
             rows = connection.execute(
@@ -209,7 +209,7 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
             )
             inserted = {str(row.webhook_id): int(row.id) for row in rows}
             if inserted:
-                jobs = OutboxJob.__table__
+                jobs = cast(Table, OutboxJob.__table__)
                 rows = connection.execute(
                     insert(jobs)
                     .on_conflict_do_nothing(index_elements=["dedupe_key"])
@@ -449,7 +449,7 @@ def _process_events(
     commit together or not at all). An event whose work fails is rolled back alone and its
     job ends as the single handler's would (retried, or dead after its schedule)."""
     owner = str(context["owner"])
-    finished: dict[str, Any] = context.setdefault("finished", {})
+    finished: dict[int, str] = context.setdefault("finished", {})
     outcomes: dict[int, Exception | None] = {}
     for start in range(0, len(jobs), PROCESS_CHUNK):
         chunk = jobs[start : start + PROCESS_CHUNK]
