@@ -8,11 +8,12 @@ row lock per order instead (`lock_order`).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +100,14 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
-    # One writer at a time within the process, queued on a Python lock that wakes the next
-    # thread at once, instead of on SQLite's busy handler, which sleeps 1 to 100 ms between
-    # tries (the tail of every answer under load: docs/performance.md). Across processes
-    # SQLite's lock and busy handler still decide. Held from BEGIN IMMEDIATE until the
-    # connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
-    write_lock = threading.Lock()
+    # One writer at a time, queued on locks that wake the next writer at once: a Python lock
+    # between the threads of a process, a `flock` on `<database>.write.lock` between
+    # processes; instead of on SQLite's busy handler, which sleeps 1 to 100 ms between tries
+    # (the tail of every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE
+    # until the connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
+    database = engine.url.database
+    on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
+    write_lock = _WriteLock(f"{database}.write.lock" if on_disk else None)
 
     def release(info: dict[str, Any]) -> None:
         if info.pop(_HOLDS_WRITE_LOCK, False):
@@ -117,9 +120,7 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN")
             return
         info = connection.info
-        if not info.get(_HOLDS_WRITE_LOCK) and write_lock.acquire(
-            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
-        ):
+        if not info.get(_HOLDS_WRITE_LOCK) and write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
             info[_HOLDS_WRITE_LOCK] = True
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -134,6 +135,46 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "invalidate")
     def _on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
         release(record.info)
+
+
+class _WriteLock:
+    """The store's write lock of one process: a thread lock, then an exclusive `flock` (the
+    kernel wakes the next process at once, and frees it when its holder dies, even by
+    SIGKILL). Without a lock file (an in-memory database) only the thread lock. A holder
+    only ever waits for SQLite (bounded by its busy timeout), never for another lock."""
+
+    def __init__(self, path: str | None) -> None:
+        self._threads = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int | None:
+        if self._path is None:
+            return None
+        if self._fd is None or self._pid != os.getpid():
+            # Opened anew in each process: a descriptor inherited over fork would share its
+            # lock with the parent.
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._threads.acquire(timeout=timeout):
+            return False  # SQLite's own locking decides (its busy timeout)
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no lock file (read-only folder): SQLite's own locking decides
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
 
 
 def lock_order(session: Session, order_id: str) -> None:
