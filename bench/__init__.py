@@ -4,5 +4,6 @@
 under gunicorn with its production settings, the worker, the RideNDine sandbox, a counting SMTP
 sink), runs the scenarios of docs/performance.md, prints a table with every target's pass/fail
 and writes the figures to bench/results/<timestamp>.json. `--quick` is the small run that
-tests/test_bench_quick.py runs so that this code cannot rot. Not part of the installed package.
+tests/system/test_bench_quick.py runs so that this code cannot rot. Not part of the installed
+package.
 """

@@ -36,8 +36,8 @@ from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
 from bench.stack import API_TOKEN, RIDENDINE_KEY, WEB_THREADS, WEB_WORKERS, WEBHOOK_SECRET
-from bridge.db import Store
-from bridge.models import InboxEvent
+from bridge.store.db import Store
+from bridge.store.models import InboxEvent
 from devstack.directus import REPO
 from devstack.net import free_port, wait_until
 from devstack.postgres import PostgresCluster

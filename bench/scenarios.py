@@ -25,9 +25,9 @@ from standardwebhooks.webhooks import Webhook
 from bench import load
 from bench.counting import BridgeMetrics, DirectusLog
 from bench.stack import API_TOKEN, BRIDGE_USER_AGENT, BenchStack
-from bridge.db import Store
-from bridge.models import Refund, RefundSource, RefundStatus, RefundStatusChange, utcnow
-from bridge.projection import refund_item
+from bridge.directus.projection import refund_item
+from bridge.store.db import Store
+from bridge.store.models import Refund, RefundSource, RefundStatus, RefundStatusChange, utcnow
 
 AMOUNT_CENTS = 5000
 SEED_CHUNK = 1000

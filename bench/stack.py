@@ -23,9 +23,9 @@ from typing import Any
 
 import requests
 
+from bridge.cli.directus import flow_params
 from bridge.config import Settings
-from bridge.directus_commands import flow_params
-from bridge.directus_schema import apply_schema, create_demo_orders
+from bridge.directus.schema import apply_schema, create_demo_orders
 from devstack.directus import REPO, DirectusServer
 from devstack.net import free_port, wait_until
 from devstack.sandbox import SandboxProcess

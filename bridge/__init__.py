@@ -25,16 +25,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from bridge import db, errors, logs, services
-    from bridge.health import bp as health_bp
+    from bridge import errors, logs, services
+    from bridge.jobs import registry
+    from bridge.store import db
+    from bridge.web.health import bp as health_bp
 
     logs.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     services.init_app(app)
+    registry.register_all()  # requests run their first job inline (submission, webhook)
     app.register_blueprint(health_bp)
     from bridge import metrics
-    from bridge.stats import bp as stats_bp
+    from bridge.ops.stats import bp as stats_bp
 
     metrics.init_app(app)  # times every request; serves /metrics
     app.register_blueprint(stats_bp)

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -48,19 +48,20 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from bridge.errors import NotAuthenticated
-from bridge.models import (
+from bridge.store.models import (
     InboxEvent,
     InboxState,
     OutboxJob,
     OutboxState,
     Refund,
     RefundStatus,
+    RefundStatusChange,
     utcnow,
 )
 
 if TYPE_CHECKING:
     from bridge.config import Settings
-    from bridge.db import Store
+    from bridge.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -250,20 +251,26 @@ def _safely(record: Callable[[], None]) -> None:
         log.warning("could not record a metric", exc_info=True)
 
 
-def count_refund_created(refund: Refund) -> None:
-    """Count a new ledger refund once its transaction commits."""
+def count_ledger_changes() -> None:
+    """Count refunds created and resolved from the ledger's history lines as they are written,
+    once their transaction commits: the ledger itself knows nothing of metrics. Called by the
+    processes that serve metrics (the web app, the worker); idempotent."""
+    from sqlalchemy import event
+
+    if not event.contains(RefundStatusChange, "after_insert", _history_written):
+        event.listen(RefundStatusChange, "after_insert", _history_written)
+
+
+def _history_written(_mapper: Any, _connection: Any, change: RefundStatusChange) -> None:
     from sqlalchemy.orm import object_session
 
-    source, reason = str(refund.source or "cooco"), str(refund.reason)
-    after_commit(object_session(refund), lambda: refund_created(source, reason))
-
-
-def count_refund_resolved(refund: Refund, status: str) -> None:
-    """Count a refund reaching REFUNDED or FAILED once its transaction commits."""
-    from sqlalchemy.orm import object_session
-
-    reason = str(refund.reason)
-    after_commit(object_session(refund), lambda: refund_resolved(status, reason))
+    refund = change.refund  # set in memory: lines are appended to refund.history
+    reason, status = str(refund.reason), str(change.to_status)
+    if change.from_status is None:
+        source = str(refund.source or "cooco")
+        after_commit(object_session(refund), lambda: refund_created(source, reason))
+    elif status != change.from_status and status in (RefundStatus.REFUNDED, RefundStatus.FAILED):
+        after_commit(object_session(refund), lambda: refund_resolved(status, reason))
 
 
 # -- outbound calls (Directus, RideNDine, Stripe) -------------------------------------------
@@ -464,10 +471,10 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics_view() -> Response:
-    from bridge.db import get_store
-    from bridge.services import get_settings
+    from bridge.store.db import get_store
 
-    expected = get_settings().metrics_token
+    settings: Settings = current_app.config["BRIDGE_SETTINGS"]
+    expected = settings.metrics_token
     if expected:
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
@@ -522,6 +529,7 @@ def init_app(app: Flask) -> None:
     app.before_request(_start_timer)
     app.after_request(_observe)
     app.register_blueprint(bp)
+    count_ledger_changes()
 
 
 # -- processes ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Request bodies are described by the very schemas that validate them (RefundReque
 bridge/refunds/schemas.py, RefundStatusEventSchema in bridge/webhooks/schemas.py). Answers have
 no schema in the code path (views return dicts built by the ledger), so the answer schemas below
 describe them, and tests hold the two together: schemathesis checks every answer of the live app
-against this description (tests/test_fuzz_api.py), and tests/test_openapi.py checks that the
+against this description (tests/web/test_fuzz_api.py), and tests/test_openapi.py checks that the
 refund schema names exactly the keys `ledger.refund_to_dict` gives and that every URL rule of the
 app is described.
 
@@ -28,15 +28,15 @@ from marshmallow import INCLUDE, Schema, fields, validate
 
 from bridge.config import DEFAULT_REASONS
 from bridge.errors import PROBLEM_CONTENT_TYPE
-from bridge.models import RefundSource, RefundStatus
+from bridge.ops.report import RefundReport
+from bridge.refunds.intake import MAX_IDEMPOTENCY_KEY_CHARS
 from bridge.refunds.schemas import (
     MAX_ID_CHARS,
     Identifier,
     RefundItemSchema,
     RefundRequestSchema,
 )
-from bridge.refunds.service import MAX_IDEMPOTENCY_KEY_CHARS
-from bridge.report import RefundReport
+from bridge.store.models import RefundSource, RefundStatus
 from bridge.webhooks.schemas import RefundStatusEventSchema
 
 OPENAPI_VERSION = "3.1.0"
@@ -198,7 +198,11 @@ REQUEST_ID_HEADER = {
 BAD_REQUEST = _problem("The request is not valid (`validation_error`, `errors` per field).")
 NOT_AUTHENTICATED = _problem("No valid credentials (`not_authenticated`).")
 FORBIDDEN = _problem("The caller may not do this (`forbidden`).")
-UNAVAILABLE = _problem("Directus or the store did not answer; try again (`*_unavailable`).")
+UNAVAILABLE = _problem(
+    "Directus or the store did not answer, or the bridge's own Directus token lacks a "
+    "permission to check the caller (its configuration, not the caller's token); try again "
+    "(`*_unavailable`)."
+)
 TOO_LARGE = _problem("The body is over 64 KiB (`payload_too_large`).")
 NOT_JSON = _problem("The body is not `application/json` (`unsupported_media_type`).")
 ACTING_USER = {

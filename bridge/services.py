@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 
 from bridge.config import Settings
-from bridge.db import Store, default_database_url
+from bridge.store.db import Store
+from bridge.store.db import database_url as store_url
 from directus_client import DirectusClient
 
 if TYPE_CHECKING:
-    from bridge.ridendine import RideNDineClient
+    from bridge.refunds.ridendine import RideNDineClient
 
 
 def make_directus(settings: Settings) -> DirectusClient:
@@ -43,7 +44,7 @@ class Services:
     def ridendine(self) -> RideNDineClient:
         client = self.extras.get("ridendine")
         if client is None:
-            from bridge.ridendine import RideNDineClient
+            from bridge.refunds.ridendine import RideNDineClient
 
             client = RideNDineClient(
                 self.settings.ridendine_api_url,
@@ -63,9 +64,7 @@ class Services:
 
 def build_services(settings: Settings, database_url: str | None = None) -> Services:
     """Services for a process outside Flask (worker, commands)."""
-    from bridge.cli_support import instance_path
-
-    url = database_url or settings.database_url or default_database_url(instance_path())
+    url = database_url or store_url(settings.database_url)
     return Services(settings=settings, store=Store(url), directus=make_directus(settings))
 
 

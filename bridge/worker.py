@@ -1,34 +1,15 @@
-"""The worker process (`refund-bridge worker`): drains the outbox and runs the periodic checks.
+"""The worker process (`refund-bridge worker`, `run_worker`): drains the outbox and runs the
+periodic checks (stale PENDING refunds, housekeeping) in an APScheduler `BackgroundScheduler`,
+never inside a web worker.
 
-An APScheduler 3 `BackgroundScheduler` runs, in its own threads, never inside a web worker:
-- `outbox`: every `BRIDGE_WORKER_POLL_SECONDS` (0.5 s) one indexed "is anything due" query;
-  when something is, due jobs are claimed in batches under a lease and run one by one until none
-  is due. A drain already running makes the next tick return at once (a non-blocking lock), so
-  a long drain never stacks up ticks.
-- `leases`: renews the leases of the jobs this worker holds, every third of the lease; a worker
-  that dies stops renewing and its jobs are taken over when the lease runs out.
-- `pending_refunds`: queues a check of every refund PENDING for longer than
-  `BRIDGE_PENDING_STALE_SECONDS` (bridge/stripe_check.py).
-- `housekeeping`: daily, deletes finished rows past `BRIDGE_RETENTION_DAYS`
-  (bridge/housekeeping.py).
-
-Only the job kinds whose handler modules are loaded are claimed: a job of a kind this build does
-not know stays pending instead of being declared dead. A job that runs out of retries is never
-dead silently: its kind's `on_dead` handler runs, or else `dead_fallback` flags its refund for
-review (admins alerted) or, without a refund, alerts the admins.
-
-SIGTERM or SIGINT: no new job is started, the job in hand is finished, the jobs claimed but not
-started are handed back, and the process exits with 0.
-
-On SQLite one worker only: an exclusive lock on a file next to the database refuses a second
-one. On PostgreSQL any number: claims use `FOR UPDATE SKIP LOCKED` plus the leases.
+docs/worker.md tells the schedule, the leases, the stop on SIGTERM, the one worker per SQLite
+store, and why a job is never dead silently (`dead_fallback`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import importlib
 import logging
 import os
 import secrets
@@ -45,41 +26,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import db as store_db
-from bridge import ledger, outbox
-from bridge.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.config import Settings
-from bridge.models import OutboxJob, Refund
+from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
+from bridge.jobs import outbox, registry
+from bridge.ledger.review import flag_job_refund
 from bridge.services import Services, build_services
+from bridge.store import db as store_db
+from bridge.store.models import OutboxJob
 
 log = logging.getLogger(__name__)
-
-# Modules whose import registers outbox handlers. Guarded: one that is missing is logged and
-# its jobs wait (they are not claimed) until a build that has it runs.
-HANDLER_MODULES: tuple[str, ...] = (
-    "bridge.projection",
-    "bridge.refunds.submission",
-    "bridge.refunds.service",
-    "bridge.ridendine",
-    "bridge.results",
-    "bridge.order_status",
-    "bridge.notify",
-    "bridge.webhooks.inbox",
-    "bridge.stripe_check",
-    "bridge.directus_batch",
-)
 
 # Any constant shared by the processes that migrate the same PostgreSQL database.
 MIGRATION_LOCK_KEY = 0x7265_6662  # "refb"
 # Jobs claimed at once: the Directus kinds of a batch share one read and one write per
-# collection (bridge/directus_batch.py), so a bigger batch is fewer requests per event.
+# collection (bridge/directus/batch.py), so a bigger batch is fewer requests per event.
 BATCH_SIZE = 300
 # While Directus does not answer, its jobs are not sent; it is pinged this often instead.
 DIRECTUS_PROBE_SECONDS = 2.0
-# The job kinds that need Directus (paused while it is down).
-DIRECTUS_KINDS = frozenset(
-    {"apply_order", "project_refund", "notify_result", "alert_admins", "resolve_event"}
-)
 STALE_SCAN_MAX_SECONDS = 60.0
 HOUSEKEEPING_EVERY = timedelta(hours=24)
 HOUSEKEEPING_FIRST_DELAY = timedelta(minutes=1)
@@ -91,22 +54,6 @@ class WorkerStartError(Exception):
 
 
 # -- start-up ---------------------------------------------------------------------------------
-
-
-def import_handler_modules(modules: tuple[str, ...] = HANDLER_MODULES) -> list[str]:
-    """Import the modules that register handlers; return those that are not there."""
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # Only the module itself (or its package) missing is tolerated; a module that is
-            # there but fails to import is a bug and stops the worker.
-            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
-                raise
-            missing.append(name)
-            log.warning("handler module %s is not there; its jobs wait", name)
-    return missing
 
 
 def prepare_store(store: store_db.Store, *, migrate: bool) -> None:
@@ -208,14 +155,10 @@ def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:
 def dead_fallback(services: Services, job: OutboxJob) -> None:
     """A job of a kind with no `on_dead` of its own ran out of retries: its refund is flagged
     for review (admins alerted, the flag projected), or without a refund the admins are told."""
-    from bridge.notify import flag_for_review
-
     reason = f"background job {job.kind} gave up after {job.attempts} attempt(s): {job.last_error}"
+    if flag_job_refund(services, job, reason[:500]):
+        return
     with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id) if job.refund_id else None
-        if refund is not None:
-            flag_for_review(session, refund, reason[:500], source=ledger.SOURCE_WORKER)
-            return
         enqueue_admin_alert(
             session,
             dedupe_key=f"dead-job:{job.id}",
@@ -321,7 +264,7 @@ class Worker:
                 log.info("Directus answers again: %d waiting job(s) are due now", pulled)
                 return self.kinds
             self._next_probe = time.monotonic() + DIRECTUS_PROBE_SECONDS
-        return tuple(kind for kind in self.kinds if kind not in DIRECTUS_KINDS)
+        return tuple(kind for kind in self.kinds if kind not in registry.DIRECTUS_KINDS)
 
     def renew_leases(self) -> None:
         try:
@@ -330,7 +273,7 @@ class Worker:
             log.warning("renewing leases failed: %s", _store_error(exc))
 
     def scan_pending_refunds(self) -> None:
-        from bridge import stripe_check
+        from bridge.webhooks import stripe_check
 
         try:
             queued = stripe_check.enqueue_stale_checks(self.services)
@@ -344,7 +287,7 @@ class Worker:
             log.info("queued %d check(s) of stale PENDING refunds", queued)
 
     def housekeeping(self) -> None:
-        from bridge import housekeeping
+        from bridge.store import housekeeping
 
         try:
             housekeeping.run(self.services, should_stop=self.stopping.is_set)
@@ -477,7 +420,10 @@ def run_worker(
             lock = SingleWorkerLock(path)
             lock.acquire()
         prepare_store(services.store, migrate=migrate)
-        missing = import_handler_modules()
+        registry.register_all()
+        from bridge.metrics import count_ledger_changes
+
+        count_ledger_changes()  # before any job runs (the metrics are built on first use)
         # Process-wide, so only in the worker process (where jobs run out of retries).
         install_dead_fallback(tuple(sorted(outbox.HANDLERS)))
         options = WorkerOptions.from_settings(settings)
@@ -489,7 +435,6 @@ def run_worker(
             worker.owner,
             extra={
                 "kinds": list(worker.kinds),
-                "missing_modules": missing,
                 "store": services.store.engine.dialect.name,
             },
         )

@@ -129,12 +129,10 @@ class SandboxProcess:
         return env
 
     def command(self) -> list[str]:
-        # Not `python -m bridge.cli`: run as __main__, that module would not see the commands
-        # that COMMAND_MODULES add to `bridge.cli.main`.
         command = [
             sys.executable,
-            "-c",
-            "from bridge.cli import run; run()",
+            "-m",
+            "bridge.cli",
             "sandbox",
             "--port",
             str(self.port),

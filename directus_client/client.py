@@ -39,6 +39,7 @@ from directus_client.errors import (
     DirectusTimeoutError,
     DirectusUnavailableError,
     ForbiddenError,
+    MissingPermissionError,
     NotFoundError,
     RateLimitedError,
     UriTooLongError,
@@ -51,6 +52,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # PATCH is here because every PATCH this client sends sets fields to given values: sending it
 # twice leaves the same state. POST (creates, Flow triggers) and DELETE are not.
 SAFE_TO_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "PATCH", "SEARCH"})
+USER_FIELDS = ("id", "email", "status", "role")
+MAX_ROLE_DEPTH = 10  # roles nested deeper than this are not followed
 
 
 class _Retry(Retry):
@@ -453,56 +456,183 @@ class DirectusClient:
         data = _data(self.request("GET", "/permissions/me", token=token))
         return dict(data) if isinstance(data, dict) else {}
 
-    def user_has_admin_access(self, user_id: object) -> bool:
-        """Whether the user has admin access through any policy (Directus 11: policies on
-        the user's role or the user itself)."""
-        policies = self.request(
-            "GET",
-            "/policies",
-            params={
-                "filter": {
-                    "_and": [
-                        {"admin_access": {"_eq": True}},
-                        {
-                            "_or": [
-                                {"users": {"user": {"_eq": str(user_id)}}},
-                                {"roles": {"role": {"users": {"id": {"_eq": str(user_id)}}}}},
-                            ]
-                        },
-                    ]
-                },
-                "fields": "id",
-                "limit": 1,
-            },
+    def find_user(self, user_id: object, *, fields: Sequence[str] = USER_FIELDS) -> Item | None:
+        """The user with this id, or None when there is none. A filter query, so that a
+        missing user (an empty answer) is told apart from a token that may not read users
+        (403, raised as `MissingPermissionError`)."""
+        rows = self._lookup(
+            "users",
+            filter={"id": {"_eq": str(user_id)}},
+            fields=fields,
+            limit=1,
+            permission=f"read directus_users ({', '.join(fields)})",
+            purpose="look up a user",
         )
-        return bool(_data(policies))
+        return rows[0] if rows else None
+
+    def user_has_admin_access(self, user_id: object) -> bool:
+        """Whether the user has admin access through any policy (False for no such user)."""
+        user = self.find_user(user_id, fields=("id", "role"))
+        if user is None:
+            return False
+        return self.admin_access(user_id, user.get("role"))
+
+    def admin_access(self, user_id: object, role_id: object | None) -> bool:
+        """Whether a user (of role `role_id`) has admin access. Directus 11 grants it through
+        policies on the user itself, on its role, or on any of the role's parent roles.
+
+        Asked step by step (roles, then access rows, then policies) rather than through one
+        nested query, so that a permission the token lacks is named (`MissingPermissionError`)
+        instead of coming back as bare ids. Needs read of directus_roles (id, parent),
+        directus_access (user, role, policy) and directus_policies (id, admin_access).
+        """
+        purpose = "tell whether a user has admin access"
+        roles = self._role_chain(role_id, purpose) if role_id else []
+        holders: list[dict[str, Any]] = [{"user": {"_eq": str(user_id)}}]
+        if roles:
+            holders.append({"role": {"_in": roles}})
+        policy_ids = self._policies_of(holders, purpose)
+        if not policy_ids:
+            return False
+        admin = self._lookup(
+            "policies",
+            filter={"_and": [{"id": {"_in": policy_ids}}, {"admin_access": {"_eq": True}}]},
+            fields=("id",),
+            limit=1,
+            permission="read directus_policies (id, admin_access)",
+            purpose=purpose,
+        )
+        return bool(admin)
+
+    def admin_users(self) -> list[Item]:
+        """The active users with admin access, as `{"id", "email"}`, by id: those holding an
+        admin policy themselves, and those whose role (or a parent of it) holds one. Needs
+        what `admin_access` needs."""
+        purpose = "find the users with admin access"
+        policies = self._lookup(
+            "policies",
+            filter={"admin_access": {"_eq": True}},
+            fields=("id",),
+            limit=-1,
+            permission="read directus_policies (id, admin_access)",
+            purpose=purpose,
+        )
+        policy_ids = [str(p["id"]) for p in policies if p.get("id")]
+        if not policy_ids:
+            return []
+        access = self._lookup(
+            "access",
+            filter={"policy": {"_in": policy_ids}},
+            fields=("user", "role"),
+            limit=-1,
+            permission="read directus_access (user, role, policy)",
+            purpose=purpose,
+        )
+        user_ids = sorted({_key(a.get("user")) for a in access} - {""})
+        roles = sorted({_key(a.get("role")) for a in access} - {""})
+        roles = self._with_child_roles(roles, purpose)
+        holders: list[dict[str, Any]] = []
+        if user_ids:
+            holders.append({"id": {"_in": user_ids}})
+        if roles:
+            holders.append({"role": {"_in": roles}})
+        if not holders:
+            return []
+        users = self._lookup(
+            "users",
+            filter={"_and": [{"status": {"_eq": "active"}}, {"_or": holders}]},
+            fields=("id", "email"),
+            limit=-1,
+            permission="read directus_users (id, email, status, role)",
+            purpose=purpose,
+        )
+        found = [{"id": str(u.get("id")), "email": u.get("email")} for u in users]
+        return sorted(found, key=lambda user: user["id"])
 
     def admin_emails(self) -> list[str]:
         """E-mails of the active users with admin access."""
-        policies = _data(
-            self.request(
-                "GET",
-                "/policies",
-                params={
-                    "filter": {"admin_access": {"_eq": True}},
-                    "fields": "users.user.email,users.user.status,"
-                    "roles.role.users.email,roles.role.users.status",
-                    "limit": -1,
-                },
+        emails = (u["email"] for u in self.admin_users())
+        return sorted({e for e in emails if isinstance(e, str) and e})
+
+    def _role_chain(self, role_id: object, purpose: str) -> list[str]:
+        """The role and its parents, nearest first (Directus nests roles; a cycle or a chain
+        deeper than MAX_ROLE_DEPTH stops the walk)."""
+        chain: list[str] = []
+        current = _key(role_id)
+        while current and current not in chain and len(chain) < MAX_ROLE_DEPTH:
+            chain.append(current)
+            rows = self._lookup(
+                "roles",
+                filter={"id": {"_eq": current}},
+                fields=("id", "parent"),
+                limit=1,
+                permission="read directus_roles (id, parent)",
+                purpose=purpose,
             )
+            current = _key(rows[0].get("parent")) if rows else ""
+        return chain
+
+    def _with_child_roles(self, roles: list[str], purpose: str) -> list[str]:
+        """The roles and every role below them (a child role inherits its parents' policies)."""
+        found = list(roles)
+        frontier = list(roles)
+        for _ in range(MAX_ROLE_DEPTH):
+            if not frontier:
+                break
+            children = self._lookup(
+                "roles",
+                filter={"parent": {"_in": frontier}},
+                fields=("id", "parent"),
+                limit=-1,
+                permission="read directus_roles (id, parent)",
+                purpose=purpose,
+            )
+            frontier = [k for k in (_key(c.get("id")) for c in children) if k and k not in found]
+            found.extend(frontier)
+        return found
+
+    def _policies_of(self, holders: list[dict[str, Any]], purpose: str) -> list[str]:
+        rows = self._lookup(
+            "access",
+            filter={"_or": holders},
+            fields=("policy",),
+            limit=-1,
+            permission="read directus_access (user, role, policy)",
+            purpose=purpose,
         )
-        emails: list[str] = []
-        for policy in policies or []:
-            for access in policy.get("users") or []:
-                user = (access or {}).get("user") or {}
-                if user.get("status") == "active" and user.get("email"):
-                    emails.append(user["email"])
-            for access in policy.get("roles") or []:
-                role = (access or {}).get("role") or {}
-                for user in role.get("users") or []:
-                    if user.get("status") == "active" and user.get("email"):
-                        emails.append(user["email"])
-        return sorted(set(emails))
+        return sorted({_key(row.get("policy")) for row in rows} - {""})
+
+    def _lookup(
+        self,
+        endpoint: str,
+        *,
+        filter: Mapping[str, Any],
+        fields: Sequence[str],
+        limit: int,
+        permission: str,
+        purpose: str,
+    ) -> list[Item]:
+        """A query on a system collection whose 403 (or unreadable answer) means the token
+        lacks `permission`: the query is valid, so Directus has no other reason to refuse."""
+        params = {"filter": filter, "fields": ",".join(fields), "limit": limit}
+        path = f"/{_segment(endpoint)}"
+        try:
+            body = self.request("GET", path, params=params)
+        except ForbiddenError as exc:
+            raise MissingPermissionError(
+                permission, purpose, status=exc.status, code=exc.code, method="GET", url=exc.url
+            ) from exc
+        rows = _data(body)
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            shown = type(rows).__name__ if not isinstance(rows, list) else "ids"
+            raise MissingPermissionError(
+                permission,
+                purpose,
+                detail=f"Directus answered {shown} where objects were asked for",
+                method="GET",
+                url=f"{self.base_url}{path}",
+            )
+        return rows
 
     # -- flows -------------------------------------------------------------------------------
 
@@ -674,6 +804,13 @@ def _encode_params(params: Mapping[str, Any]) -> dict[str, str]:
         else:
             encoded[key] = str(value)
     return encoded
+
+
+def _key(value: Any) -> str:
+    """A related item's key, whether Directus gave the key or the item (`{"id": ...}`)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
 
 
 def _data(body: Any) -> Any:

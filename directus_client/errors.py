@@ -58,6 +58,22 @@ class ForbiddenError(DirectusError):
     """403 FORBIDDEN: no permission, or (Directus's way) the item does not exist."""
 
 
+class MissingPermissionError(DirectusError):
+    """The client's token may not do what a lookup needs: Directus answered 403 where the
+    query is valid, or an answer of a shape the client cannot read (ids where objects were
+    asked for, which Directus does when a related collection may not be read).
+
+    `permission` names what is likely missing ("read directus_access"), `purpose` what it is
+    needed for. A configuration error of the token, never a sign that the item is absent.
+    """
+
+    def __init__(self, permission: str, purpose: str, *, detail: str = "", **context: Any) -> None:
+        message = f"cannot {permission}: needed to {purpose}"
+        super().__init__(f"{message} ({detail})" if detail else message, **context)
+        self.permission = permission
+        self.purpose = purpose
+
+
 class NotFoundError(DirectusError):
     """The item or route does not exist (a 404, or a PATCH that matched nothing)."""
 

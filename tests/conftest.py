@@ -19,20 +19,25 @@ from flask.testing import FlaskClient
 
 from bridge import create_app
 from bridge.config import Settings
-from bridge.directus_schema import apply_schema, create_demo_orders
+from bridge.directus.schema import apply_schema, create_demo_orders
+from bridge.jobs import registry
 from devstack.directus import DirectusServer
 from devstack.net import free_port
 from devstack.postgres import PostgresCluster
 from devstack.sandbox import SandboxProcess
 from devstack.smtp import SmtpSink
 from directus_client import DirectusClient
-from tests.helpers import (
+from tests.support.helpers import (
     FLOW_SECRET,
     RIDENDINE_KEY,
     SERVICE_TOKEN,
     WEBHOOK_SECRET,
     make_settings,
 )
+
+# Every process registers the outbox's job kinds at start (create_app, the worker, the commands);
+# tests that run jobs without one of them need the same.
+registry.register_all()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -89,7 +94,7 @@ def directus(
             "BRIDGE_URL": f"http://127.0.0.1:{directus_bridge_port}",
             "BRIDGE_SERVICE_TOKEN": SERVICE_TOKEN,
             # Flows may call the bridge on 127.0.0.1 (the "request refund" Flow in
-            # tests/test_end_to_end.py); Directus refuses every local address by default.
+            # tests/system/test_end_to_end.py); Directus refuses every local address by default.
             "IMPORT_IP_DENY_LIST": "169.254.169.254",
         },
     )
@@ -218,7 +223,7 @@ def spare_directus(
 def refund_flows(cooco_directus: DirectusServer, directus_admin: DirectusClient) -> dict[str, str]:
     """The project's Flows synced into the session Directus with the test settings (flow
     secret FLOW_SECRET, service token SERVICE_TOKEN): {flow key: flow id}."""
-    from bridge.directus_commands import flow_params
+    from bridge.cli.directus import flow_params
     from flows.sync import ping_refund_result, sync_flows
 
     settings = make_settings(cooco_directus.url, cooco_directus.admin_token)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bridge.cli import load_commands
 from bridge.config import Settings
-from tests.helpers import settings_env
+from tests.support.helpers import settings_env
 
 
 def test_help_lists_the_commands(runner: CliRunner) -> None:

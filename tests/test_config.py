@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.config import ConfigError, load_settings
-from tests.helpers import WEBHOOK_SECRET
+from tests.support.helpers import WEBHOOK_SECRET
 
 VALID = {
     "BRIDGE_DIRECTUS_URL": "http://127.0.0.1:8055/",

@@ -27,24 +27,28 @@ from bridge.logs import (
     make_handler,
     secrets_of,
 )
-from bridge.models import Refund
 from bridge.services import Services
+from bridge.store.models import Refund
 from devstack.directus import DirectusServer
 from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
-from tests.helpers import (
+from tests.support.helpers import (
     RIDENDINE_KEY,
     SERVICE_TOKEN,
     WEBHOOK_SECRET,
     make_order,
     make_settings,
 )
-from tests.webhook_helpers import WEBHOOK_URL, event_body, sign, sync_result_flow
-from tests.webhook_helpers import wait_for_jobs_done as drain_all
+from tests.support.webhook_helpers import WEBHOOK_URL, event_body, sign, sync_result_flow
+from tests.support.webhook_helpers import wait_for_jobs_done as drain_all
+
+# The loggers under test: ours and the clients'. Not the root: other threads of the session
+# (the SMTP sink's `mail.log`, a server's) log there at any moment.
+CAPTURED_LOGGERS = ("bridge", "directus_client", "flows")
 
 
 class Capture:
-    """Every log line written through our JSON handler while the test runs."""
+    """Every line our loggers write through our JSON handler while the test runs."""
 
     def __init__(self, settings: Settings) -> None:
         self.stream = io.StringIO()
@@ -53,8 +57,9 @@ class Capture:
     def lines(self) -> list[str]:
         return [line for line in self.stream.getvalue().splitlines() if line]
 
-    def entries(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines()]
+    def entries(self, logger: str | None = None) -> list[dict[str, Any]]:
+        found = [json.loads(line) for line in self.lines()]
+        return [e for e in found if logger is None or e["logger"] == logger]
 
 
 @pytest.fixture
@@ -66,15 +71,17 @@ def capture(settings: Settings) -> Iterator[Capture]:
 @contextmanager
 def capturing(settings: Settings) -> Iterator[Capture]:
     found = Capture(settings)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(found.handler)
-    root.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in CAPTURED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(found.handler)
+        logger.setLevel(logging.INFO)
     try:
         yield found
     finally:
-        root.removeHandler(found.handler)
-        root.setLevel(old_level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(found.handler)
+            logger.setLevel(level)
 
 
 # -- a whole refund, request to notification ------------------------------------------------
@@ -235,11 +242,13 @@ def test_secrets_are_redacted_from_messages_args_extras_and_tracebacks(
     other_secret = "whsec_c29tZS1vdGhlci1zZWNyZXQtdmFsdWU="
     log.warning("shapes: Authorization: Bearer %s and %s", "opaque-value-12345", other_secret)
     log.warning("stripe %s", "sk_live_abcdefghijklmnop")
+    # Another part of the session logging meanwhile (as the SMTP sink does) is not captured.
+    logging.getLogger("mail.log").warning("Peer: ('127.0.0.1', 40000)")
     text = capture.stream.getvalue()
     for secret in (token, settings.ridendine_api_key, other_secret, "opaque-value-12345"):
         assert secret not in text
     assert "sk_live_abcdefghijklmnop" not in text
-    message, nested, broke, shapes, stripe_line = capture.entries()
+    message, nested, broke, shapes, stripe_line = capture.entries("bridge.test")
     assert message["message"] == f"token in message {REDACTED}"
     assert nested["details"] == {"headers": {"auth": f"Bearer {REDACTED}"}, "n": 3}
     assert f"failed with key {REDACTED}" in broke["exc"]

@@ -21,17 +21,18 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from bridge import create_app, outbox
-from bridge.db import Store
+from bridge import create_app
+from bridge.jobs import outbox
 from bridge.metrics import StoreCollector, instrument_session
-from bridge.models import OutboxJob, OutboxState, Refund, utcnow
 from bridge.services import Services, get_services
+from bridge.store.db import Store
+from bridge.store.models import OutboxJob, OutboxState, Refund, utcnow
 from devstack.directus import DirectusServer
 from devstack.net import free_port, wait_until
 from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
-from tests.helpers import SERVICE_TOKEN, make_order, make_settings, settings_env
-from tests.webhook_helpers import (
+from tests.support.helpers import SERVICE_TOKEN, make_order, make_settings, settings_env
+from tests.support.webhook_helpers import (
     WEBHOOK_URL,
     event_body,
     sign,
@@ -426,7 +427,7 @@ def test_reconciliation_mismatches_are_counted_by_kind(
 ) -> None:
     from collections import Counter
 
-    from bridge import reconcile
+    from bridge.ops import reconcile
 
     app = create_app(
         {
@@ -485,7 +486,7 @@ def test_observability_settings_are_checked() -> None:
 def test_refunds_are_counted_only_when_their_transaction_commits(
     app: Flask, client: FlaskClient
 ) -> None:
-    from bridge import ledger
+    from bridge.ledger import ledger
 
     services: Services = app.extensions["bridge.services"]
 

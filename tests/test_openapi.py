@@ -12,13 +12,14 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bridge import create_app, ledger
+from bridge import create_app
 from bridge.cli import load_commands
 from bridge.config import Settings
-from bridge.models import Refund, RefundStatus
+from bridge.ledger import ledger
 from bridge.openapi import SPEC_PATH, RefundSchema, RefundWithHistorySchema, build_spec, render
-from bridge.report import RefundReport
+from bridge.ops.report import RefundReport
 from bridge.services import get_services
+from bridge.store.models import Refund, RefundStatus
 
 COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 

@@ -1,8 +1,5 @@
-"""Refund requests: POST /ridendine/refunds and reading refunds back (contract sections 1, 2).
-
-Importing this package registers the `submit_refund` outbox job (bridge/refunds/submission.py),
-which the worker needs too.
-"""
+"""Refund requests: POST /ridendine/refunds, reading refunds back, the submission to
+RideNDine (contract sections 1, 2; docs/refunds.md)."""
 
 from bridge.refunds.views import bp
 

@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bridge import ledger, outbox
-from bridge.alerts import enqueue_admin_alert
-from bridge.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
-from bridge.notify import enqueue_notify_result
-from bridge.projection import enqueue_projection
-from bridge.ridendine import (
+from bridge.directus.alerts import enqueue_admin_alert
+from bridge.directus.notify import enqueue_notify_result
+from bridge.directus.projection import enqueue_projection
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.refunds.ridendine import (
     RefundAccepted,
     RideNDineRejectedError,
     RideNDineUnavailableError,
 )
+from bridge.store.models import OutboxJob, Refund, RefundStatus, RefundStatusChange, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -77,7 +78,7 @@ def _pending_submission(services: Services, refund_id: str | None) -> _Submissio
         )
 
 
-# The lease owner of jobs a refund request runs inline (bridge/refunds/service.py).
+# The lease owner of jobs a refund request runs inline (bridge/refunds/intake.py).
 REQUEST_OWNER_PREFIX = "request:"
 
 
@@ -86,7 +87,6 @@ def _request_owner(job: OutboxJob) -> str | None:
     return owner if owner.startswith(REQUEST_OWNER_PREFIX) else None
 
 
-@outbox.handler(JOB_SUBMIT_REFUND)
 def submit_refund(services: Services, job: OutboxJob) -> None:
     submission = _pending_submission(services, job.refund_id)
     if submission is None:
@@ -133,7 +133,7 @@ def _record_acceptance(
                 refund.ridendine_refund_id = partner_id
                 detail += f", refund_id {partner_id}"
             else:
-                ledger.flag_review(
+                ledger.mark_for_review(
                     refund,
                     f"RideNDine answered with refund_id {partner_id}, already on refund {other}",
                     source=ledger.SOURCE_RIDENDINE_API,
@@ -166,7 +166,7 @@ def _record_rejection(services: Services, refund_id: str, exc: RideNDineRejected
             # Contract section 4: a refund that reached FAILED is told like any result.
             enqueue_notify_result(session, refund, RefundStatus.FAILED)
         else:
-            ledger.flag_review(
+            ledger.mark_for_review(
                 refund,
                 f"RideNDine rejected a refund that is already {refund.status}: {message}",
                 source=ledger.SOURCE_RIDENDINE_API,
@@ -191,7 +191,6 @@ def _note(refund: Refund, detail: str) -> None:
     refund.updated_at = utcnow()
 
 
-@outbox.on_dead(JOB_SUBMIT_REFUND)
 def submission_dead(services: Services, job: OutboxJob) -> None:
     """Retries ran out without a definite answer: FAILED, for a person to check."""
     with services.store.session() as session:
@@ -205,7 +204,7 @@ def submission_dead(services: Services, job: OutboxJob) -> None:
             detail=f"{NO_DEFINITE_ANSWER} after {job.attempts} attempt(s): {job.last_error}",
         )
         refund.failure_reason = NO_DEFINITE_ANSWER
-        ledger.flag_review(refund, NO_DEFINITE_ANSWER, source=ledger.SOURCE_WORKER)
+        ledger.mark_for_review(refund, NO_DEFINITE_ANSWER, source=ledger.SOURCE_WORKER)
         enqueue_projection(session, refund)
         enqueue_notify_result(session, refund, RefundStatus.FAILED)
         enqueue_admin_alert(

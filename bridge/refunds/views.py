@@ -1,4 +1,4 @@
-"""HTTP endpoints of refund requests (contract section 1): thin, the logic is in service.py."""
+"""HTTP endpoints of refund requests (contract section 1): thin, the logic is in intake.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, after_this_request, request
 
-from bridge.auth import ACTING_USER_HEADER, Caller, authenticate
 from bridge.errors import UnsupportedMediaType, ValidationProblem
-from bridge.refunds import service
+from bridge.refunds import intake
 from bridge.services import get_services
+from bridge.web.auth import ACTING_USER_HEADER, Caller, authenticate
 
 bp = Blueprint("refunds", __name__, url_prefix="/ridendine/refunds")
 
@@ -45,8 +45,8 @@ def _json_body() -> Any:
 def create_refund() -> tuple[dict[str, Any], int, dict[str, str]]:
     caller = _caller()
     payload = _json_body()
-    answer = service.request_refund(
-        get_services(), caller, payload, request.headers.get(service.IDEMPOTENCY_HEADER)
+    answer = intake.request_refund(
+        get_services(), caller, payload, request.headers.get(intake.IDEMPOTENCY_HEADER)
     )
     if answer.replayed:
 
@@ -62,11 +62,11 @@ def create_refund() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 @bp.get("/<refund_id>")
 def get_refund(refund_id: str) -> dict[str, Any]:
-    return service.get_refund(get_services(), _caller(), refund_id)
+    return intake.get_refund(get_services(), _caller(), refund_id)
 
 
 @bp.get("")
 def list_refunds() -> dict[str, Any]:
     caller = _caller()
-    order_id = service.parse_order_id(request.args.get("order_id"))
-    return service.list_refunds(get_services(), caller, order_id)
+    order_id = intake.parse_order_id(request.args.get("order_id"))
+    return intake.list_refunds(get_services(), caller, order_id)

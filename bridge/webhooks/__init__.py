@@ -1,15 +1,7 @@
 """RideNDine's refund-status webhook (contract section 3): verification, the durable inbox, the
-matching, and the outbox jobs that apply results to Directus and notify (docs/webhooks.md).
+matching, the Stripe check (docs/webhooks.md). Its outbox jobs are listed in
+bridge/jobs/registry.py."""
 
-Importing this package registers the outbox handlers of the result path (`process_event`,
-`resolve_event`, `apply_order`, `project_refund`, `notify_result`, `alert_admins`): the worker
-imports it before draining.
-"""
+from bridge.webhooks.views import bp
 
-from __future__ import annotations
-
-from flask import Blueprint
-
-bp = Blueprint("webhooks", __name__)
-
-from bridge.webhooks import views  # noqa: E402, F401 - registers the routes on bp
+__all__ = ["bp"]

@@ -3,7 +3,7 @@
 Recording (`record`): the InboxEvent (raw body, webhook id, the headers worth keeping) and its
 `process_event` outbox job are committed before the webhook is answered 200, by the process's
 inbox writer, which writes the deliveries queued meanwhile in one transaction (group commit,
-bridge/group_commit.py). A duplicate (the same `webhook-id`, or the same `refund_id` with the
+bridge/store/group_commit.py). A duplicate (the same `webhook-id`, or the same `refund_id` with the
 same status) is recognised by the table's unique constraints (ON CONFLICT DO NOTHING), also
 between concurrent deliveries, and changes nothing.
 
@@ -11,7 +11,7 @@ Processing, in two outbox jobs so that the webhook's answer waits for neither th
 Directus and a crash never loses an event:
 - `process_event` (dedupe `event:<id>`, run by the worker, a batch of events a transaction):
   matches the event to a refund of the ledger (by RideNDine's refund id, else the oldest
-  PENDING refund of the order with that amount) and applies the result (bridge/results.py).
+  PENDING refund of the order with that amount) and applies the result (bridge/ledger/results.py).
   No match: `resolve_event`.
 - `resolve_event` (dedupe `resolve:<id>`, run by the worker): matches again (the refund may have
   learnt its RideNDine id meanwhile), waits a little while a submission of that order is still
@@ -37,11 +37,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bridge import ledger, logs, metrics, outbox, stripe_check
-from bridge.alerts import enqueue_admin_alert
-from bridge.db import Store, lock_order
-from bridge.group_commit import GroupWriter, WriterTimeout
-from bridge.models import (
+from bridge import logs, metrics
+from bridge.directus.alerts import enqueue_admin_alert
+from bridge.jobs import outbox
+from bridge.ledger import ledger
+from bridge.ledger.review import flag_for_review
+from bridge.store.db import Store, lock_order
+from bridge.store.group_commit import GroupWriter, WriterTimeout
+from bridge.store.models import (
     InboxEvent,
     InboxState,
     OutboxJob,
@@ -51,9 +54,8 @@ from bridge.models import (
     RefundStatus,
     utcnow,
 )
-from bridge.notify import flag_for_review
-from bridge.order_status import paid_cents
-from bridge.results import apply_result
+from bridge.webhooks import stripe_check
+from bridge.webhooks.apply import apply_event
 from directus_client import DirectusError
 
 if TYPE_CHECKING:
@@ -145,7 +147,7 @@ def record(
     """Record a verified, valid event with its `process_event` job, or recognise a duplicate;
     return once it is committed. Raises InboxUnavailable when the store cannot record it.
 
-    The write goes through the process's inbox writer (bridge/group_commit.py): one thread
+    The write goes through the process's inbox writer (bridge/store/group_commit.py): one thread
     that writes whatever deliveries are queued in one transaction, two statements for the
     whole group (the events, deduplicated by the table's unique constraints with ON CONFLICT
     DO NOTHING, then their jobs). Matching and applying are the worker's (`process_event`,
@@ -315,67 +317,14 @@ def _submission_in_flight(session: Session, order_id: str) -> bool:
     return found is not None
 
 
-def _apply(
-    session: Session, event: InboxEvent, refund: Refund, *, services: Services | None = None
-) -> None:
-    if refund.order_id != event.external_order_id:
-        # RideNDine's refund id names a refund of another order: never apply that blindly.
-        event.state = InboxState.FAILED
-        event.last_error = (
-            f"refund {refund.id} (RideNDine {event.ridendine_refund_id}) belongs to order "
-            f"{refund.order_id}, the webhook says order {event.external_order_id}"
-        )
-        enqueue_admin_alert(
-            session,
-            dedupe_key=f"inbox-mismatch:{event.id}",
-            subject=f"Refund webhook {event.id} names the wrong order",
-            message=f"Inbox event {event.id} was not applied: {event.last_error}.",
-            refund_id=refund.id,
-        )
+def _apply_or_hold(services: Services, session: Session, event: InboxEvent, refund: Refund) -> None:
+    """Apply the event, except a REFUNDED that first waits for Stripe's word (when a Stripe key
+    is set): its `verify_refunded` job applies it (bridge/webhooks/stripe_check.py)."""
+    if refund.order_id == event.external_order_id and stripe_check.hold_refunded(
+        services, session, event, refund
+    ):
         return
-    if services is not None and stripe_check.hold_refunded(services, session, event, refund):
-        return  # REFUNDED waits for Stripe's word; its job applies it (bridge/stripe_check.py)
-    payload = event.payload or {}
-    outcome = apply_result(
-        session,
-        refund,
-        event.status,
-        amount_cents=event.amount_cents,
-        source=ledger.SOURCE_WEBHOOK,
-        failure_reason=payload.get("failure_reason"),
-        detail=f"webhook {event.webhook_id} (inbox event {event.id})",
-    )
-    currency = payload.get("currency_code")
-    if isinstance(currency, str) and currency.strip().upper() != refund.currency.upper():
-        flag_for_review(
-            session,
-            refund,
-            f"RideNDine reports currency {currency.strip()[:8]!r}, the refund is in "
-            f"{refund.currency}",
-            source=ledger.SOURCE_WEBHOOK,
-        )
-    event.state = InboxState.APPLIED
-    event.refund_id = refund.id
-    event.processed_at = utcnow()
-    event.next_attempt_at = None
-    event.last_error = None
-    log.info(
-        "refund result applied",
-        extra={
-            "inbox_event_id": event.id,
-            "refund_id": refund.id,
-            "status_before": outcome.status_before,
-            "status_after": outcome.status_after,
-            "changed": outcome.changed,
-        },
-    )
-
-
-def _text(value: Any, limit: int) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
-    return text[:limit] or None
+    apply_event(session, event, refund)
 
 
 def _currency(value: Any) -> str | None:
@@ -394,12 +343,12 @@ def _outside_refund(
     currency = _currency(payload.get("currency_code")) or _currency(order.get(names.currency))
     refund = Refund(
         order_id=event.external_order_id,
-        ridendine_order_id=_text(order.get("ridendine_order_id"), 255),
+        ridendine_order_id=ledger.clean_text(order.get("ridendine_order_id"), 255),
         amount_cents=event.amount_cents,
-        order_paid_cents=paid_cents(order.get(names.amount_paid)),
+        order_paid_cents=ledger.as_cents(order.get(names.amount_paid)),
         currency=currency or services.settings.default_currency,
-        reason=_text(payload.get("reason"), 64) or "unspecified",
-        reason_comments=_text(payload.get("reason_comments"), 500),
+        reason=ledger.clean_text(payload.get("reason"), 64) or "unspecified",
+        reason_comments=ledger.clean_text(payload.get("reason_comments"), 500),
         requested_by="ridendine",
         status=RefundStatus.PENDING,
         ridendine_refund_id=event.ridendine_refund_id,
@@ -426,8 +375,7 @@ def _load_event(session: Session, job: OutboxJob) -> InboxEvent:
     return event
 
 
-@outbox.handler(JOB_PROCESS_EVENT)
-def _process_event(services: Services, job: OutboxJob) -> None:
+def process_event(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         event = _load_event(session, job)
         if event.state != InboxState.RECEIVED:
@@ -440,8 +388,7 @@ def _process_event(services: Services, job: OutboxJob) -> None:
 PROCESS_CHUNK = 25
 
 
-@outbox.batch_handler(JOB_PROCESS_EVENT)
-def _process_events(
+def process_events(
     services: Services, jobs: list[OutboxJob], context: dict[str, Any]
 ) -> dict[int, Exception | None]:
     """The worker's `process_event` jobs, PROCESS_CHUNK events a transaction: each event
@@ -480,11 +427,7 @@ def _process_events(
 
 def _process(services: Services, session: Session, event: InboxEvent) -> None:
     """The `process_event` job's work on a RECEIVED event, in the caller's transaction."""
-    event.attempts += 1
-    lock_order(session, event.external_order_id)
-    refund = match_local(session, event)
-    if refund is not None:
-        _apply(session, event, refund, services=services)
+    if _apply_if_matched(services, session, event):
         return
     event.last_error = "no refund of the ledger matches yet; the order is checked in Directus"
     outbox.enqueue(
@@ -492,19 +435,25 @@ def _process(services: Services, session: Session, event: InboxEvent) -> None:
     )
 
 
-@outbox.handler(JOB_RESOLVE_EVENT)
-def _resolve_event(services: Services, job: OutboxJob) -> None:
+def _apply_if_matched(services: Services, session: Session, event: InboxEvent) -> bool:
+    """Count a processing attempt, and apply the event when a refund of the ledger matches it."""
+    event.attempts += 1
+    lock_order(session, event.external_order_id)
+    refund = match_local(session, event)
+    if refund is None:
+        return False
+    _apply_or_hold(services, session, event, refund)
+    return True
+
+
+def resolve_event(services: Services, job: OutboxJob) -> None:
     replay = bool(job.payload.get("replay"))
     retry: outbox.RetryLater | None = None
     with services.store.session() as session:
         event = _load_event(session, job)
         if event.state == InboxState.APPLIED or (event.state == InboxState.FAILED and not replay):
             return
-        event.attempts += 1
-        lock_order(session, event.external_order_id)
-        refund = match_local(session, event)
-        if refund is not None:
-            _apply(session, event, refund, services=services)
+        if _apply_if_matched(services, session, event):
             return
         order_id = event.external_order_id
         if job.attempts < IN_FLIGHT_WAIT_ATTEMPTS and _submission_in_flight(session, order_id):
@@ -536,7 +485,7 @@ def _resolve_event(services: Services, job: OutboxJob) -> None:
         if refund is None and order is not None:
             refund = _outside_refund(services, session, event, order)
         if refund is not None:
-            _apply(session, event, refund, services=services)
+            _apply_or_hold(services, session, event, refund)
             return
         event.state = InboxState.UNMATCHED
         retry = _retry(event, job, f"order {order_id} is not in Directus")
@@ -563,7 +512,7 @@ def _retry(event: InboxEvent, job: OutboxJob, reason: str) -> outbox.RetryLater:
     return outbox.RetryLater(reason, delay=delay)
 
 
-def _on_dead(services: Services, job: OutboxJob) -> None:
+def event_dead(services: Services, job: OutboxJob) -> None:
     with services.store.session() as session:
         event_id = job.payload.get("event_id")
         event = session.get(InboxEvent, event_id) if isinstance(event_id, int) else None
@@ -584,10 +533,6 @@ def _on_dead(services: Services, job: OutboxJob) -> None:
                 f"`refund-bridge inbox replay {event.id}`."
             ),
         )
-
-
-outbox.on_dead(JOB_PROCESS_EVENT)(_on_dead)
-outbox.on_dead(JOB_RESOLVE_EVENT)(_on_dead)
 
 
 # -- operators -------------------------------------------------------------------------------

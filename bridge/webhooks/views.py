@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g, request
+from flask import Blueprint, g, request
 
 from bridge import logs
 from bridge.errors import ServiceUnavailable, UnsupportedMediaType
 from bridge.services import get_services
-from bridge.webhooks import bp, inbox
+from bridge.webhooks import inbox
 from bridge.webhooks.schemas import parse_event
 from bridge.webhooks.verify import verify_request
+
+bp = Blueprint("webhooks", __name__)
 
 
 @bp.post("/ridendine/webhooks/refund-status")

@@ -1,5 +1,10 @@
 // "request refund" Flow, first operation: turn the confirmation dialog into the bridge's
-// POST /ridendine/refunds body and its Idempotency-Key.
+// POST /ridendine/refunds body, its Idempotency-Key, and the user the Flow acts for.
+//
+// Directus lets any signed-in user trigger a manual Flow, whatever their role, so nothing here
+// decides who may refund: the request carries the user who pressed the button
+// (X-Directus-User-Id) and no `requested_by`, and the bridge applies that user's own rights
+// (docs/directus.md, "The request refund Flow").
 //
 // Runs in Directus's "Run Script" sandbox (isolated-vm): no require, no network, no crypto.
 // The key is the same for the same admin, order, amount, reason and comments within a
@@ -27,7 +32,19 @@ function fnv1a64(input) {
 }
 
 function fail(error) {
-  return { ok: false, error, request: null, idempotency_key: null };
+  return { ok: false, error, request: null, idempotency_key: null, acting_user: null };
+}
+
+// "15.5" or "15.50" in the order's currency -> 1550 cents, by string arithmetic (no floats).
+function centsOf(text) {
+  const match = /^([0-9]+)(?:[.,]([0-9]{1,2}))?$/.exec(text);
+  if (!match) return null;
+  const cents = Number(match[1]) * 100 + Number((match[2] || '0').padEnd(2, '0'));
+  return Number.isSafeInteger(cents) && cents >= 1 ? cents : null;
+}
+
+function present(value) {
+  return value !== undefined && value !== null && String(value).trim() !== '';
 }
 
 module.exports = async function build(data) {
@@ -39,11 +56,14 @@ module.exports = async function build(data) {
   const user = accountability.user ? String(accountability.user) : null;
   if (!user) return fail('Only a signed-in Directus user can request a refund.');
 
-  const request = { order_id: orderId, reason: body.reason, requested_by: 'admin' };
-  request.requested_by_user = user;
-  const rawAmount = body.amount_cents;
-  if (rawAmount !== undefined && rawAmount !== null && String(rawAmount).trim() !== '') {
-    const text = String(rawAmount).trim();
+  const request = { order_id: orderId, reason: body.reason };
+  if (present(body.amount)) {
+    const cents = centsOf(String(body.amount).trim());
+    if (cents === null) return fail('The amount must be money, e.g. 15.50 (at least 0.01).');
+    request.amount_cents = cents;
+  } else if (present(body.amount_cents)) {
+    // Callers of POST /flows/trigger may send whole cents instead of the dialog's amount.
+    const text = String(body.amount_cents).trim();
     if (!/^[0-9]+$/.test(text) || Number(text) < 1 || !Number.isSafeInteger(Number(text))) {
       return fail('The amount must be a whole number of cents, at least 1.');
     }
@@ -62,5 +82,6 @@ module.exports = async function build(data) {
     error: null,
     request,
     idempotency_key: 'directus-flow-request-refund-' + fnv1a64(fingerprint),
+    acting_user: user,
   };
 };

@@ -1,0 +1,1 @@
+"""All that the bridge writes into Directus (docs/directus.md)."""

@@ -1,0 +1,1 @@
+"""The money rules: the refunds ledger and applying results (docs/architecture.md)."""

@@ -1,0 +1,186 @@
+"""The refunds ledger: forward-only status changes, review flags, and what is still refundable.
+
+Every function here works inside the caller's session (one transaction); none talks to the
+outside. Money is integer cents.
+
+States only move forward: PENDING -> REFUNDED or PENDING -> FAILED. A FAILED refund may still
+become REFUNDED (the partner's later word wins when money did move, and it is flagged); a
+REFUNDED refund never goes back: a later FAILED flags it for review instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from bridge.store.models import Refund, RefundStatus, RefundStatusChange, utcnow
+
+# What each status may move to.
+FORWARD: dict[str, frozenset[str]] = {
+    RefundStatus.PENDING: frozenset({RefundStatus.REFUNDED, RefundStatus.FAILED}),
+    RefundStatus.FAILED: frozenset({RefundStatus.REFUNDED}),
+    RefundStatus.REFUNDED: frozenset(),
+}
+
+# Sources of a change, as recorded in the history.
+SOURCE_REQUEST = "request"
+SOURCE_RIDENDINE_API = "ridendine_api"
+SOURCE_WEBHOOK = "webhook"
+SOURCE_RECONCILIATION = "reconciliation"
+SOURCE_WORKER = "worker"
+SOURCE_OPERATOR = "operator"
+
+
+def record_created(
+    refund: Refund, *, source: str = SOURCE_REQUEST, detail: str | None = None
+) -> None:
+    """The first line of a new refund's history."""
+    refund.history.append(
+        RefundStatusChange(from_status=None, to_status=refund.status, source=source, detail=detail)
+    )
+
+
+def transition(refund: Refund, new_status: str, *, source: str, detail: str | None = None) -> bool:
+    """Move `refund` to `new_status` if that is forward; return whether it changed.
+
+    Moving FAILED -> REFUNDED is allowed (money did move) but flags the refund for review.
+    """
+    current = refund.status
+    if new_status == current or new_status not in FORWARD[current]:
+        return False
+    refund.history.append(
+        RefundStatusChange(from_status=current, to_status=new_status, source=source, detail=detail)
+    )
+    refund.status = new_status
+    refund.updated_at = utcnow()
+    if new_status in (RefundStatus.REFUNDED, RefundStatus.FAILED):
+        refund.resolved_at = refund.updated_at
+    if current == RefundStatus.FAILED and new_status == RefundStatus.REFUNDED:
+        mark_for_review(refund, "refunded after it had failed", source=source)
+    return True
+
+
+def mark_for_review(refund: Refund, reason: str, *, source: str) -> bool:
+    """Mark the refund as needing a person; return False when that reason was already there."""
+    reasons = [r for r in (refund.review_reason or "").split("; ") if r]
+    if refund.needs_review and reason in reasons:
+        return False
+    refund.needs_review = True
+    refund.review_reason = "; ".join([*reasons, reason])
+    refund.updated_at = utcnow()
+    refund.history.append(
+        RefundStatusChange(
+            from_status=refund.status,
+            to_status=refund.status,
+            source=source,
+            detail=f"needs review: {reason}",
+        )
+    )
+    return True
+
+
+def counted_cents(refund: Refund) -> int:
+    """What a refund takes from the order's refundable amount."""
+    if refund.status == RefundStatus.FAILED:
+        return 0
+    if refund.status == RefundStatus.REFUNDED and refund.refunded_amount_cents is not None:
+        return refund.refunded_amount_cents
+    return refund.amount_cents
+
+
+def committed_cents(session: Session, order_id: str) -> int:
+    """The sum of the order's refunds that are not FAILED (what they refund or will)."""
+    refunded = func.coalesce(Refund.refunded_amount_cents, Refund.amount_cents)
+    amount = func.sum(
+        case((Refund.status == RefundStatus.REFUNDED, refunded), else_=Refund.amount_cents)
+    )
+    total = session.scalar(
+        select(func.coalesce(amount, 0)).where(
+            Refund.order_id == order_id, Refund.status != RefundStatus.FAILED
+        )
+    )
+    return int(total or 0)
+
+
+def refunded_cents(session: Session, order_id: str) -> int:
+    """The sum actually refunded on the order (REFUNDED refunds only)."""
+    total = session.scalar(
+        select(
+            func.coalesce(
+                func.sum(func.coalesce(Refund.refunded_amount_cents, Refund.amount_cents)), 0
+            )
+        ).where(Refund.order_id == order_id, Refund.status == RefundStatus.REFUNDED)
+    )
+    return int(total or 0)
+
+
+def refundable_cents(session: Session, order_id: str, paid_cents: int) -> int:
+    return max(0, paid_cents - committed_cents(session, order_id))
+
+
+def as_cents(value: Any) -> int | None:
+    """An amount from Directus as integer cents: an integer, or a string of digits (Directus sends
+    a BIGINT as text on PostgreSQL); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def clean_text(value: object, limit: int) -> str | None:
+    """Partner-supplied text as safe text for the ledger: printable, stripped, at most `limit`
+    characters; None when nothing is left."""
+    if not isinstance(value, str):
+        return None
+    text = "".join(ch if ch.isprintable() else " " for ch in value).strip()
+    return text[:limit] or None
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def refund_to_dict(refund: Refund, *, with_history: bool = False) -> dict[str, Any]:
+    """The refund as the API shows it (contract section 1)."""
+    body: dict[str, Any] = {
+        "id": refund.id,
+        "order_id": refund.order_id,
+        "ridendine_order_id": refund.ridendine_order_id,
+        "amount_cents": refund.amount_cents,
+        "refunded_amount_cents": refund.refunded_amount_cents,
+        "currency": refund.currency,
+        "reason": refund.reason,
+        "reason_comments": refund.reason_comments,
+        "requested_by": refund.requested_by,
+        "requested_by_user": refund.requested_by_user,
+        "items": refund.items,
+        "status": refund.status,
+        "ridendine_refund_id": refund.ridendine_refund_id,
+        "source": refund.source,
+        "needs_review": refund.needs_review,
+        "review_reason": refund.review_reason,
+        "failure_reason": refund.failure_reason,
+        "created_at": iso(refund.created_at),
+        "updated_at": iso(refund.updated_at),
+    }
+    if with_history:
+        body["history"] = history_to_list(refund)
+    return body
+
+
+def history_to_list(refund: Refund) -> list[dict[str, Any]]:
+    return [
+        {
+            "from_status": change.from_status,
+            "to_status": change.to_status,
+            "source": change.source,
+            "detail": change.detail,
+            "at": iso(change.at),
+        }
+        for change in refund.history
+    ]

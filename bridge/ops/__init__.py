@@ -1,0 +1,1 @@
+"""Operator features: the monthly report, its endpoint, reconciliation (docs/operations.md)."""

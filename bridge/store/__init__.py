@@ -1,0 +1,1 @@
+"""The bridge's own store: engine, models, migrations, housekeeping (docs/architecture.md)."""

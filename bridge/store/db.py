@@ -1,0 +1,283 @@
+"""Engine, sessions and migrations for the bridge's own store.
+
+SQLite (the default, a file in the instance folder) runs in WAL mode and opens every transaction
+with `BEGIN IMMEDIATE`: one writer at a time, across processes, which is what makes the per-order
+amount check safe there. PostgreSQL (`postgresql+psycopg://...`, for several instances) uses a
+row lock per order instead (`lock_order`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Flask, current_app
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bridge.store.models import OrderLock
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option of the store's read-only sessions (`Store.read_session`).
+READ_ONLY = "bridge_read_only"
+_HOLDS_WRITE_LOCK = "bridge_holds_write_lock"
+# A PostgreSQL connection idle for longer is checked before use (`_ping_when_idle`).
+PING_AFTER_IDLE_SECONDS = 10.0
+
+
+class StoreNotMigrated(Exception):
+    """The store's schema is behind the code; run `refund-bridge db upgrade`."""
+
+
+def default_database_url(instance_path: str) -> str:
+    os.makedirs(instance_path, exist_ok=True)
+    return f"sqlite:///{os.path.join(instance_path, 'refund-bridge.sqlite3')}"
+
+
+def instance_path() -> str:
+    """The Flask instance folder of the `bridge` package (where the SQLite file lives)."""
+    return Flask("bridge", instance_relative_config=True).instance_path
+
+
+def database_url(configured: str | None) -> str:
+    """The store of a process outside Flask's app (the worker, the commands):
+    BRIDGE_DATABASE_URL when set, else the SQLite file in the instance folder."""
+    return configured or default_database_url(instance_path())
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            **kwargs,
+        )
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for PING_AFTER_IDLE_SECONDS:
+    SQLAlchemy's `pool_pre_ping` costs a round trip on every checkout, i.e. on every request
+    (docs/performance.md). A connection that dies while in use (the server restarted) fails
+    that transaction, and SQLAlchemy then discards every older connection of the pool."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:
+            # The pool throws this connection away and checks out another.
+            raise DisconnectionError(str(exc)) from exc
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, open transactions (the driver's would be deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    # One writer at a time, queued on locks that wake the next writer at once: a Python lock
+    # between the threads of a process, a `flock` on `<database>.write.lock` between
+    # processes; instead of on SQLite's busy handler, which sleeps 1 to 100 ms between tries
+    # (the tail of every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE
+    # until the connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
+    database = engine.url.database
+    on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
+    write_lock = _WriteLock(f"{database}.write.lock" if on_disk else None)
+
+    def release(info: dict[str, Any]) -> None:
+        if info.pop(_HOLDS_WRITE_LOCK, False):
+            write_lock.release()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY):
+            # Reads take no lock in WAL mode: a deferred transaction, a consistent snapshot.
+            connection.exec_driver_sql("BEGIN")
+            return
+        info = connection.info
+        if not info.get(_HOLDS_WRITE_LOCK) and write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
+            info[_HOLDS_WRITE_LOCK] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            release(info)
+            raise
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        release(record.info)
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        release(record.info)
+
+
+class _WriteLock:
+    """The store's write lock of one process: a thread lock, then an exclusive `flock` (the
+    kernel wakes the next process at once, and frees it when its holder dies, even by
+    SIGKILL). Without a lock file (an in-memory database) only the thread lock. A holder
+    only ever waits for SQLite (bounded by its busy timeout), never for another lock."""
+
+    def __init__(self, path: str | None) -> None:
+        self._threads = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int | None:
+        if self._path is None:
+            return None
+        if self._fd is None or self._pid != os.getpid():
+            # Opened anew in each process: a descriptor inherited over fork would share its
+            # lock with the parent.
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._threads.acquire(timeout=timeout):
+            return False  # SQLite's own locking decides (its busy timeout)
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no lock file (read-only folder): SQLite's own locking decides
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
+def lock_order(session: Session, order_id: str) -> None:
+    """Serialise refund requests on one order until the session's transaction ends.
+
+    Holds across processes and instances: a row lock on PostgreSQL; on SQLite the transaction
+    already holds the database's single write lock (BEGIN IMMEDIATE).
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(pg_insert(OrderLock).values(order_id=order_id).on_conflict_do_nothing())
+        session.execute(select(OrderLock).where(OrderLock.order_id == order_id).with_for_update())
+    else:
+        session.execute(sqlite_insert(OrderLock).values(order_id=order_id).on_conflict_do_nothing())
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every migration (idempotent)."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return script.get_current_head()
+
+
+def check_migrated(engine: Engine) -> None:
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise StoreNotMigrated(
+            f"the store is at revision {current or 'none'}, the code needs {head}; "
+            "run `refund-bridge db upgrade`"
+        )
+
+
+class Store:
+    """The engine and session factory an app (or the worker, or a command) works with."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessionmaker = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
+        # Per-process writer threads by name (bridge/store/group_commit.py), made on first use.
+        self.writers: dict[str, Any] = {}
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session that only reads: on SQLite a deferred transaction (no write lock, no
+        wait behind writers in WAL mode), so the many small reads of a request do not queue
+        with the writes."""
+        with self.read_sessionmaker() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        for writer in list(self.writers.values()):
+            writer.stop()
+        self.writers.clear()
+        self.engine.dispose()
+
+
+def get_store() -> Store:
+    store: Store = current_app.extensions["bridge.store"]
+    return store
+
+
+def init_app(app: Flask) -> None:
+    url = app.config.get("DATABASE_URL") or default_database_url(app.instance_path)
+    store = Store(url)
+    app.extensions["bridge.store"] = store
+    if app.config.get("AUTO_MIGRATE"):
+        upgrade(store.engine)

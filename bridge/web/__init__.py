@@ -1,0 +1,1 @@
+"""The web process's edges: caller authentication, health, gunicorn (docs/deployment.md)."""

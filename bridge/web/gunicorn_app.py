@@ -1,0 +1,64 @@
+"""`refund-bridge serve`: gunicorn running the app of wsgi.py, configured from the command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+class BridgeServer(BaseApplication):
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        # Built in each worker (after fork), as `gunicorn wsgi:app` would.
+        from wsgi import app
+
+        return app
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    from bridge import metrics
+
+    metrics.mark_process_dead(worker.pid)
+
+
+def run(
+    *, bind: str, workers: int, threads: int, log_level: str, secrets: tuple[str, ...] = ()
+) -> None:
+    from bridge import metrics
+
+    # The workers share their metrics through files in this directory (bridge/metrics.py):
+    # made before they are forked, removed when the server stops.
+    with metrics.multiprocess_dir():
+        _run(bind=bind, workers=workers, threads=threads, log_level=log_level, secrets=secrets)
+
+
+def _run(
+    *, bind: str, workers: int, threads: int, log_level: str, secrets: tuple[str, ...] = ()
+) -> None:
+    from bridge.logs import gunicorn_logconfig
+
+    BridgeServer(
+        {
+            "child_exit": _child_exit,
+            "bind": bind,
+            "workers": workers,
+            "threads": threads,
+            # gthread that gives its threads only whole requests (slow clients cost no thread).
+            "worker_class": "bridge.web.gunicorn_worker.BufferingThreadWorker",
+            "loglevel": log_level.lower(),
+            "timeout": 30,
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "accesslog": None,
+            # gunicorn's own lines as JSON too; the app writes the access lines.
+            "logconfig_dict": gunicorn_logconfig(log_level, secrets),
+        }
+    ).run()

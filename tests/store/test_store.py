@@ -1,0 +1,107 @@
+"""The bridge's own store: migrations on SQLite and PostgreSQL, a ledger round trip, order locks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select, text
+
+from bridge.store import db
+from bridge.store.models import Base, Refund, RefundStatus, RefundStatusChange
+
+
+def _round_trip(url: str) -> None:
+    store = db.Store(url)
+    try:
+        db.upgrade(store.engine)
+        db.upgrade(store.engine)  # idempotent
+        db.check_migrated(store.engine)
+        with store.session() as session:
+            refund = Refund(
+                order_id="ord-1",
+                ridendine_order_id="rdn-1",
+                amount_cents=1234,
+                currency="EUR",
+                reason="chef_rejected",
+                requested_by="admin",
+                items=[{"external_id": "i1", "name": "Soup", "quantity": 1, "amount_cents": 1234}],
+            )
+            refund.history.append(RefundStatusChange(to_status="PENDING", source="request"))
+            session.add(refund)
+            refund_id = refund.id
+        with store.session() as session:
+            loaded = session.get(Refund, refund_id)
+            assert loaded is not None
+            assert loaded.amount_cents == 1234
+            assert isinstance(loaded.amount_cents, int)
+            assert loaded.status == RefundStatus.PENDING
+            assert loaded.needs_review is False
+            assert loaded.items and loaded.items[0]["amount_cents"] == 1234
+            assert loaded.created_at.tzinfo is not None
+            assert abs((datetime.now(UTC) - loaded.created_at).total_seconds()) < 60
+            assert [h.to_status for h in loaded.history] == ["PENDING"]
+        # The models and the migrations describe the same schema.
+        with store.engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == []
+    finally:
+        store.dispose()
+
+
+def test_round_trip_on_sqlite(database_url: str) -> None:
+    _round_trip(database_url)
+    store = db.Store(database_url)
+    with store.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    store.dispose()
+
+
+def test_round_trip_on_postgresql(postgres_url: str) -> None:
+    _round_trip(postgres_url)
+
+
+def test_check_migrated_fails_on_empty_store(database_url: str) -> None:
+    store = db.Store(database_url)
+    with pytest.raises(db.StoreNotMigrated, match="db upgrade"):
+        db.check_migrated(store.engine)
+    store.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_order_lock_serialises_transactions(
+    backend: str, database_url: str, request: pytest.FixtureRequest
+) -> None:
+    url = database_url if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    store = db.Store(url)
+    db.upgrade(store.engine)
+    events: list[str] = []
+    first_holds = threading.Event()
+
+    def first() -> None:
+        with store.session() as session:
+            db.lock_order(session, "ord-lock")
+            events.append("first-locked")
+            first_holds.set()
+            time.sleep(0.5)
+            events.append("first-done")
+
+    def second() -> None:
+        first_holds.wait(5)
+        with store.session() as session:
+            db.lock_order(session, "ord-lock")
+            events.append("second-locked")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert events == ["first-locked", "first-done", "second-locked"]
+    with store.session() as session:
+        assert session.scalars(select(db.OrderLock.order_id)).all() == ["ord-lock"]
+    store.dispose()
