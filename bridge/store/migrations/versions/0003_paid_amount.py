@@ -1,7 +1,7 @@
 """refunds.order_paid_cents: what the order's customer paid, known when the refund was recorded
 
 Revision ID: 0003_paid_amount
-Revises: 0001
+Revises: 0002_refund_policy
 Create Date: 2026-12-03 06:20:00
 
 The worker computes the order's payment_status from it instead of reading the order from
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = "0003_paid_amount"
-down_revision = "0001"
+down_revision = "0002_refund_policy"
 branch_labels = None
 depends_on = None
 
