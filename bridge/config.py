@@ -80,6 +80,10 @@ class Settings:
     worker_metrics_port: int = 0
     worker_metrics_addr: str = "127.0.0.1"
     report_order_date_field: str = "date_created"
+    # The refund policy (contract section 1a, docs/refunds.md).
+    approval_order_statuses: tuple[str, ...] = ("DELIVERED",)
+    approval_above_cents: int | None = None
+    approval_remind_seconds: int = 86400
 
     def as_flask_config(self) -> dict[str, Any]:
         return {"BRIDGE_SETTINGS": self}
@@ -221,6 +225,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "BRIDGE_PENDING_REVIEW_SECONDS", "must be at least BRIDGE_PENDING_STALE_SECONDS"
         )
 
+    approval_order_statuses, approval_above_cents = _approval_policy(env)
+
     return Settings(
         directus_url=directus_url,
         directus_token=directus_token,
@@ -256,7 +262,31 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_metrics_addr=env.get("BRIDGE_WORKER_METRICS_ADDR", "").strip() or "127.0.0.1",
         report_order_date_field=env.get("BRIDGE_REPORT_ORDER_DATE_FIELD", "").strip()
         or "date_created",
+        approval_order_statuses=approval_order_statuses,
+        approval_above_cents=approval_above_cents,
+        approval_remind_seconds=_int(env, "BRIDGE_APPROVAL_REMIND_SECONDS", 86400, minimum=60),
     )
+
+
+def _approval_policy(env: Mapping[str, str]) -> tuple[tuple[str, ...], int | None]:
+    """BRIDGE_APPROVAL_ORDER_STATUSES (unset or empty: DELIVERED; `none`: no status waits) and
+    BRIDGE_APPROVAL_ABOVE_CENTS (unset or empty: no amount limit)."""
+    raw = env.get("BRIDGE_APPROVAL_ORDER_STATUSES", "").strip()
+    if raw.lower() == "none":
+        statuses: tuple[str, ...] = ()
+    else:
+        statuses = tuple(dict.fromkeys(_list(env, "BRIDGE_APPROVAL_ORDER_STATUSES"))) or (
+            "DELIVERED",
+        )
+        bad = [s for s in statuses if len(s) > 64 or not s.isprintable()]
+        if bad:
+            raise ConfigError("BRIDGE_APPROVAL_ORDER_STATUSES", f"not an order status: {bad[0]!r}")
+    above = (
+        _int(env, "BRIDGE_APPROVAL_ABOVE_CENTS", 0)
+        if env.get("BRIDGE_APPROVAL_ABOVE_CENTS", "").strip()
+        else None
+    )
+    return statuses, above
 
 
 def _port(env: Mapping[str, str], name: str) -> int:

@@ -99,6 +99,10 @@ class IdempotencyKeyInProgress(Problem):
     status, code, title = 409, "idempotency_key_in_progress", "A request with this key is running"
 
 
+class RefundNotAwaitingApproval(Problem):
+    status, code, title = 409, "refund_not_awaiting_approval", "The refund is not awaiting approval"
+
+
 class PayloadTooLarge(Problem):
     status, code, title = 413, "payload_too_large", "Payload too large"
 

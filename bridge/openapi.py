@@ -32,6 +32,7 @@ from bridge.ops.report import RefundReport
 from bridge.refunds.intake import MAX_IDEMPOTENCY_KEY_CHARS
 from bridge.refunds.schemas import (
     MAX_ID_CHARS,
+    DecisionSchema,
     Identifier,
     RefundItemSchema,
     RefundRequestSchema,
@@ -82,6 +83,10 @@ class RefundSchema(Schema):
     needs_review = fields.Boolean(required=True)
     review_reason = fields.String(required=True, allow_none=True)
     failure_reason = fields.String(required=True, allow_none=True)
+    # An admin's approve or deny of a REQUESTED refund (contract section 1a).
+    decided_by = fields.String(required=True, allow_none=True)
+    decided_at = fields.DateTime(required=True, allow_none=True)
+    decision_comment = fields.String(required=True, allow_none=True)
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(required=True)
 
@@ -400,6 +405,69 @@ def _paths(spec: APISpec) -> None:
             }
         },
     )
+    for verb, summary, done in (
+        (
+            "approve",
+            "An admin approves a REQUESTED refund: PENDING, sent to RideNDine (section 1a).",
+            _json("RefundAnswer", "Approved and sent (or being sent) to RideNDine."),
+        ),
+        (
+            "deny",
+            "An admin denies a REQUESTED refund: DENIED, the customer is e-mailed (section 1a).",
+            _json("RefundWithHistoryAnswer", "Denied; the amount no longer counts."),
+        ),
+    ):
+        spec.path(
+            path=f"/ridendine/refunds/{{refund_id}}/{verb}",
+            operations={
+                "post": {
+                    "operationId": f"{verb}Refund",
+                    "summary": summary,
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "refund_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                        {**ACTING_USER, "description": "With a service token: the admin."},
+                    ],
+                    "requestBody": {
+                        "required": False,
+                        "content": {JSON: {"schema": "Decision"}},
+                    },
+                    "responses": {
+                        "200": done,
+                        "400": BAD_REQUEST,
+                        "401": NOT_AUTHENTICATED,
+                        "403": _problem("The caller is not an admin (`forbidden`)."),
+                        "404": _problem("No such refund (`refund_not_found`)."),
+                        "409": _problem(
+                            "The refund is not REQUESTED (`refund_not_awaiting_approval`, with "
+                            "`refund`)"
+                            + (
+                                "; the order is no longer refundable (`order_not_refundable`, "
+                                "`amount_exceeds_refundable`)."
+                                if verb == "approve"
+                                else "."
+                            )
+                        ),
+                        "415": NOT_JSON,
+                        **(
+                            {
+                                "422": _problem(
+                                    "RideNDine rejected the refund (`ridendine_rejected`)."
+                                ),
+                                "503": UNAVAILABLE,
+                            }
+                            if verb == "approve"
+                            else {}
+                        ),
+                    },
+                }
+            },
+        )
     spec.path(
         path="/ridendine/webhooks/refund-status",
         operations={
@@ -482,6 +550,7 @@ def build_spec(reasons: tuple[str, ...] = DEFAULT_REASONS) -> dict[str, Any]:
     spec.components.schema("RefundItem", schema=RefundItemSchema)
     spec.components.schema("RefundRequest", schema=RefundRequestSchema(reasons=reasons))
     spec.components.schema("RefundStatusEvent", schema=RefundStatusEventSchema)
+    spec.components.schema("Decision", schema=DecisionSchema)
     for name, schema in (
         ("RefundHistoryEntry", RefundHistoryEntrySchema),
         ("Refund", RefundSchema),

@@ -286,6 +286,20 @@ class Worker:
         if queued:
             log.info("queued %d check(s) of stale PENDING refunds", queued)
 
+    def scan_waiting_refunds(self) -> None:
+        from bridge.refunds import approval
+
+        try:
+            reminded = approval.enqueue_reminders(self.services)
+        except SQLAlchemyError as exc:
+            log.warning("scanning refunds waiting for approval failed: %s", _store_error(exc))
+            return
+        except Exception:
+            log.exception("scanning refunds waiting for approval failed")
+            return
+        if reminded:
+            log.info("reminded the admins of %d refund(s) waiting for approval", reminded)
+
     def housekeeping(self) -> None:
         from bridge.store import housekeeping
 
@@ -339,6 +353,13 @@ class Worker:
             id="pending_refunds",
             next_run_time=now,
         )
+        scheduler.add_job(
+            self.scan_waiting_refunds,
+            "interval",
+            seconds=options.stale_scan_seconds,
+            id="waiting_refunds",
+            next_run_time=now,
+        )
         if options.housekeeping:
             scheduler.add_job(
                 self.housekeeping,
@@ -378,6 +399,7 @@ class Worker:
     def run_once(self) -> int:
         """Every due job and each periodic check once, in this thread; return jobs run."""
         self.scan_pending_refunds()
+        self.scan_waiting_refunds()
         if self.options.housekeeping:
             self.housekeeping()
         return self.drain_due()

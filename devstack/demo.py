@@ -7,7 +7,10 @@ token) and a few demo orders, idempotently: found by e-mail and by order id, nev
 way COOCO does it: a fresh demo order, `POST {DIRECTUS_URL}/ridendine/refunds` with an admin's
 Directus token, then it waits (bounded) for RideNDine's result to come back through
 `{DIRECTUS_URL}/ridendine/webhooks/refund-status`, and prints the order before and after, the
-refund with its history, and the three e-mails read from the SMTP sink's .eml files.
+refund with its history, and the three e-mails read from the SMTP sink's .eml files. Then the
+refund policy (docs/refunds.md): the customer Ana asks for a refund of another DELIVERED order
+with her own token, which waits for an admin (`REQUESTED`, RideNDine hears nothing), and the
+admin approves it at `{DIRECTUS_URL}/ridendine/refunds/<id>/approve`; it ends REFUNDED.
 """
 
 from __future__ import annotations
@@ -300,12 +303,68 @@ def _run(
             f"demo: refund {refund['id']} REFUNDED; order {order_id} payment_status REFUNDED, "
             f"status CANCELLED; {len(mails)} e-mails (customer, chef, admins)"
         )
-        return 0
+        return _policy(admin, http, directus_url, seeded, timeout, print_)
     print_(
         f"demo: FAILED within {timeout:.0f}s: refund {refund['status']}, order "
         f"{(after or before).get('payment_status')}/{(after or before).get('status')}, "
         f"{len(mails)} of {EXPECTED_MAILS} e-mails (logs: see docs/local-stack.md)"
     )
+    return 1
+
+
+def _policy(
+    admin: DirectusClient,
+    http: requests.Session,
+    directus_url: str,
+    seeded: Seeded,
+    timeout: float,
+    print_: Callable[[str], None],
+) -> int:
+    """A customer's request on a DELIVERED order waits; the admin approves it."""
+    customer = next(user for user in DEMO_USERS if user.key == "customer")
+    stamp = datetime.now(tz=UTC).strftime("%Y%m%d-%H%M%S")
+    order_id = f"demo-wait-{stamp}-{secrets.token_hex(2)}"
+    admin.create_item("orders", order_values(order_id, 1250, "customer", seeded.user_ids))
+    url = f"{directus_url}/ridendine/refunds"
+    print_(f"\ndemo: the refund policy, a customer's request that waits (order {order_id})")
+    asked = requests.post(
+        url,
+        json={"order_id": order_id, "reason": "customer_cancel", "reason_comments": "too late"},
+        headers={"Authorization": f"Bearer {customer.token}"},
+        timeout=30,
+    )
+    body = _json(asked)
+    refund = body.get("refund") or {}
+    print_(
+        f"  POST {url} ({customer.email}'s token) -> {asked.status_code}, refund "
+        f"{refund.get('id')} {refund.get('status')}: waits for an admin, nothing sent to RideNDine"
+    )
+    if asked.status_code != 202 or refund.get("status") != "REQUESTED":
+        print_(f"demo: FAILED: the customer's request did not wait: {body}")
+        return 1
+    decision_url = f"{url}/{refund['id']}/approve"
+    approved = http.post(decision_url, json={"comment": "demo: approved"}, timeout=30)
+    shown = _json(approved).get("refund") or {}
+    print_(
+        f"  POST {decision_url} (admin's Directus token) -> {approved.status_code}, "
+        f"{shown.get('status')}, sent to RideNDine as {shown.get('ridendine_refund_id')}"
+    )
+
+    def settled() -> dict[str, Any] | None:
+        got = http.get(f"{url}/{refund['id']}", timeout=10)
+        current: dict[str, Any] = _json(got).get("refund") or {}
+        return current if current.get("status") not in (None, "REQUESTED", "PENDING") else None
+
+    final = wait_for(settled, timeout=timeout) or shown
+    for change in final.get("history") or []:
+        print_(
+            f"    {change['at']}  {change['from_status'] or '-'} -> {change['to_status']}"
+            f"  ({change['source']}{': ' + change['detail'] if change.get('detail') else ''})"
+        )
+    if approved.status_code == 200 and final.get("status") == "REFUNDED":
+        print_(f"demo: refund {refund['id']} waited, was approved by the admin, and is REFUNDED")
+        return 0
+    print_(f"demo: FAILED: the approved refund is {final.get('status')} after {timeout:.0f}s")
     return 1
 
 

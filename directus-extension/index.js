@@ -18,7 +18,8 @@ export const MAX_BODY_BYTES = 64 * 1024;
 export const DEFAULT_TIMEOUT_MS = 10_000;
 const PROBLEM_TYPE_BASE = 'https://cooco.example.com/problems/';
 const WEBHOOK_PATH = /^\/ridendine\/webhooks\/refund-status\/?$/;
-const RAW_BODY_PATH = /^\/ridendine\/(?:refunds|webhooks\/refund-status)\/?$/;
+const RAW_BODY_PATH =
+	/^\/ridendine\/(?:refunds|refunds\/[^/?]+\/(?:approve|deny)|webhooks\/refund-status)\/?$/;
 // The bridge's answer headers that matter to callers; others (hop-by-hop, server) stay behind.
 const PASSED_RESPONSE_HEADERS = [
 	'content-type',
@@ -249,6 +250,33 @@ export function registerRoutes(router, { env, logger = console, fetchImpl = glob
 			});
 		}),
 	);
+
+	// An admin's approve or deny of a waiting refund (docs/refunds.md): the bridge checks that
+	// the user is an admin; the body (an optional comment) goes as it came.
+	for (const decision of ['approve', 'deny']) {
+		router.post(
+			`/refunds/:id/${decision}`,
+			asUser(async (req, res, headers) => {
+				let body = await bodyToForward(req, res);
+				if (body === null) return; // answered 413
+				if (body === undefined) {
+					body = Buffer.from(JSON.stringify(req.body ?? {}));
+					headers['Content-Type'] = 'application/json';
+				} else if (req.headers['content-type']) {
+					headers['Content-Type'] = req.headers['content-type'];
+				}
+				await relay(res, {
+					config,
+					fetchImpl,
+					logger,
+					method: 'POST',
+					path: `/ridendine/refunds/${encodeURIComponent(req.params.id)}/${decision}`,
+					headers,
+					body,
+				});
+			}),
+		);
+	}
 
 	router.get(
 		'/refunds',

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 REFUND_RESULT = "refund-result"
 REQUEST_REFUND = "request-refund"
-FLOW_KEYS: tuple[str, ...] = (REFUND_RESULT, REQUEST_REFUND)
+APPROVE_OR_DENY = "approve-or-deny"
+FLOW_KEYS: tuple[str, ...] = (REFUND_RESULT, REQUEST_REFUND, APPROVE_OR_DENY)
+# The Flows that call the bridge (with a service token, acting for the user who pressed them).
+CALLING_FLOWS: tuple[str, ...] = (REQUEST_REFUND, APPROVE_OR_DENY)
 
-__all__ = ["FLOW_KEYS", "REFUND_RESULT", "REQUEST_REFUND"]
+__all__ = ["APPROVE_OR_DENY", "CALLING_FLOWS", "FLOW_KEYS", "REFUND_RESULT", "REQUEST_REFUND"]

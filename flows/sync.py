@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from directus_client import DirectusClient, ForbiddenError
-from flows import FLOW_KEYS, REFUND_RESULT, REQUEST_REFUND
+from flows import CALLING_FLOWS, FLOW_KEYS, REFUND_RESULT
 
 DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
 FLOW_FIELDS = ("name", "icon", "color", "description", "status", "trigger", "accountability")
@@ -330,8 +330,9 @@ def sync_flows(
     keys: Iterable[str] | None = None,
     dry_run: bool = False,
 ) -> list[FlowSyncResult]:
-    """Sync every Flow (or those of `keys`). "refund result" needs the flow secret and
-    "request refund" a service token to call the bridge with: without it, each is skipped."""
+    """Sync every Flow (or those of `keys`). "refund result" needs the flow secret, "request
+    refund" and "approve or deny" a service token to call the bridge with: without it, each is
+    skipped."""
     params = params or FlowParams()
     results: list[FlowSyncResult] = []
     for key in keys or FLOW_KEYS:
@@ -345,11 +346,11 @@ def sync_flows(
                 )
             )
             continue
-        if key == REQUEST_REFUND and not params.service_token:
+        if key in CALLING_FLOWS and not params.service_token:
             results.append(
                 FlowSyncResult(
                     key=key,
-                    name="request refund",
+                    name=key.replace("-", " "),
                     action="skipped",
                     note="no service token to call the bridge with",
                 )

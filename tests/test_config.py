@@ -106,3 +106,38 @@ def test_lists_and_extra_reasons() -> None:
     assert "late_delivery" not in settings.cancelling_reasons
     assert settings.log_level == "DEBUG"
     assert settings.pending_stale_seconds == 60
+
+
+def test_the_refund_policy_settings() -> None:
+    default = load_settings(VALID)
+    assert default.approval_order_statuses == ("DELIVERED",)
+    assert default.approval_above_cents is None
+    assert default.approval_remind_seconds == 86400
+    given = load_settings(
+        {
+            **VALID,
+            "BRIDGE_APPROVAL_ORDER_STATUSES": "DELIVERED, PICKED_UP,DELIVERED",
+            "BRIDGE_APPROVAL_ABOVE_CENTS": "2500",
+            "BRIDGE_APPROVAL_REMIND_SECONDS": "3600",
+        }
+    )
+    assert given.approval_order_statuses == ("DELIVERED", "PICKED_UP")
+    assert (given.approval_above_cents, given.approval_remind_seconds) == (2500, 3600)
+    none = load_settings({**VALID, "BRIDGE_APPROVAL_ORDER_STATUSES": "none"})
+    assert none.approval_order_statuses == ()
+    assert load_settings({**VALID, "BRIDGE_APPROVAL_ABOVE_CENTS": "0"}).approval_above_cents == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BRIDGE_APPROVAL_ABOVE_CENTS", "12.50"),
+        ("BRIDGE_APPROVAL_ABOVE_CENTS", "-1"),
+        ("BRIDGE_APPROVAL_REMIND_SECONDS", "10"),
+        ("BRIDGE_APPROVAL_ORDER_STATUSES", "OK,\x07BAD"),
+    ],
+)
+def test_bad_refund_policy_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**VALID, name: value})
+    assert raised.value.variable == name

@@ -1,8 +1,9 @@
 """The "Refunds" Insights dashboard in Directus, as data, and its idempotent sync.
 
 Admins see refunds per day, amount per day, refunds by reason and by status, what is pending,
-and the list of refunds that need review, without leaving the Directus app. All panels read the
-`refunds` collection (the bridge's projection of its ledger).
+the list of refunds that need review and the customers' requests waiting for approval, without
+leaving the Directus app; the sync also keeps the refunds list's "Waiting for approval"
+bookmark. All panels read the `refunds` collection (the bridge's projection of its ledger).
 
 The dashboard and each panel carry a marker in their `note` (`[refund-bridge:<key>]`), the
 stable key the sync finds them by: `sync_dashboard` creates what is missing, updates what
@@ -81,6 +82,7 @@ class Panel:
 REVIEW = {"needs_review": {"_eq": True}}
 REFUNDED = {"status": {"_eq": "REFUNDED"}}
 PENDING = {"status": {"_eq": "PENDING"}}
+WAITING = {"status": {"_eq": "REQUESTED"}}  # the refund policy: waiting for an admin
 
 PANELS: tuple[Panel, ...] = (
     Panel(
@@ -227,7 +229,66 @@ PANELS: tuple[Panel, ...] = (
             "filter": REVIEW,
         },
     ),
+    Panel(
+        key="waiting_for_approval",
+        name="Waiting for approval",
+        type="list",
+        icon="pending_actions",
+        position=(1, 61, 60, 20),
+        note="Customers' requests waiting for an admin, oldest first; open one and run \"approve "
+        'or deny".',
+        color="#3399FF",
+        options={
+            "collection": REFUNDS,
+            "limit": 50,
+            "sortField": "created_at",
+            "sortDirection": "asc",
+            "displayTemplate": "{{id}} · {{amount_cents}} {{currency}} · {{reason}} · "
+            "{{created_at}}",
+            "linkToItem": True,
+            "filter": WAITING,
+        },
+    ),
 )
+
+# The refunds list's saved view (a global bookmark) of the requests waiting for an admin.
+WAITING_PRESET: Item = {
+    "bookmark": "Waiting for approval",
+    "collection": REFUNDS,
+    "user": None,
+    "role": None,
+    "icon": "pending_actions",
+    "color": "#3399FF",
+    "layout": "tabular",
+    "filter": WAITING,
+    "layout_query": {"tabular": {"sort": ["created_at"]}},
+}
+
+
+def sync_waiting_preset(client: DirectusClient, *, dry_run: bool = False) -> list[str]:
+    """Create or update the "Waiting for approval" bookmark (found by its name on `refunds`,
+    global); return what changed."""
+    found = client.list_system(
+        "presets",
+        filter={
+            "_and": [
+                {"collection": {"_eq": REFUNDS}},
+                {"bookmark": {"_eq": WAITING_PRESET["bookmark"]}},
+                {"user": {"_null": True}},
+                {"role": {"_null": True}},
+            ]
+        },
+    )
+    if not found:
+        if not dry_run:
+            client.create_system("presets", WAITING_PRESET)
+        return [f"create bookmark {WAITING_PRESET['bookmark']!r}"]
+    differing = _differs(found[0], WAITING_PRESET)
+    if not differing:
+        return []
+    if not dry_run:
+        client.update_system("presets", found[0]["id"], WAITING_PRESET)
+    return [f"update bookmark {WAITING_PRESET['bookmark']!r} ({', '.join(differing)})"]
 
 
 @dataclass(frozen=True)
@@ -290,6 +351,7 @@ def sync_dashboard(
         result.changes.append(f"create dashboard {dashboard.name!r}")
         if dry_run:
             result.changes += [f"create panel {p.key}" for p in dashboard.panels]
+            result.changes += sync_waiting_preset(client, dry_run=True)
             return result
         created = client.create_system("dashboards", wanted)
         dashboard_id = str(created["id"])
@@ -303,6 +365,7 @@ def sync_dashboard(
                 client.update_system("dashboards", dashboard_id, wanted)
     result.dashboard_id = dashboard_id
     _sync_panels(client, dashboard, dashboard_id, result, dry_run=dry_run)
+    result.changes += sync_waiting_preset(client, dry_run=dry_run)
     return result
 
 

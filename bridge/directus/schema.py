@@ -93,7 +93,7 @@ REFUND_FIELDS: list[dict[str, Any]] = [
     _choices("requested_by", ["customer", "admin", "ridendine"], readonly=True),
     _string("requested_by_user", readonly=True),
     _json("items", readonly=True),
-    _choices("status", ["PENDING", "REFUNDED", "FAILED"], readonly=True),
+    _choices("status", ["REQUESTED", "PENDING", "REFUNDED", "FAILED", "DENIED"], readonly=True),
     _string("ridendine_refund_id", readonly=True),
     _choices("source", ["cooco", "ridendine"], readonly=True),
     {
@@ -105,6 +105,10 @@ REFUND_FIELDS: list[dict[str, Any]] = [
     },
     _text("review_reason", readonly=True),
     _text("failure_reason", readonly=True),
+    # An admin's approve or deny of a REQUESTED refund (docs/refunds.md, "The refund policy").
+    _string("decided_by", readonly=True, note="the admin who approved or denied (user id)"),
+    _timestamp("decided_at"),
+    _text("decision_comment", readonly=True),
     _json("status_history", readonly=True),
     _timestamp("created_at"),
     _timestamp("updated_at"),

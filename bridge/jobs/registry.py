@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from bridge.directus import batch, notify, order_status, projection
 from bridge.directus.alerts import JOB_ALERT_ADMINS
 from bridge.jobs import outbox
-from bridge.refunds import submission
+from bridge.refunds import approval, submission
 from bridge.webhooks import inbox, stripe_check
 
 
@@ -60,6 +60,8 @@ JOB_KINDS: tuple[JobKind, ...] = (
     # The admins' part of a result's notification, when they could not be found at first.
     JobKind(notify.JOB_NOTIFY_ADMINS, notify.notify_result_admins, needs_directus=True),
     JobKind(JOB_ALERT_ADMINS, notify.alert_admins, needs_directus=True),
+    # The refund policy's notices (a request waits, a reminder, a denial).
+    JobKind(approval.JOB_NOTIFY_APPROVAL, approval.notify_approval, needs_directus=True),
 )
 
 DIRECTUS_KINDS = frozenset(job.kind for job in JOB_KINDS if job.needs_directus)

@@ -5,7 +5,9 @@ outside. Money is integer cents.
 
 States only move forward: PENDING -> REFUNDED or PENDING -> FAILED. A FAILED refund may still
 become REFUNDED (the partner's later word wins when money did move, and it is flagged); a
-REFUNDED refund never goes back: a later FAILED flags it for review instead.
+REFUNDED refund never goes back: a later FAILED flags it for review instead. A customer's
+request outside the refund policy starts REQUESTED and waits for an admin: approved, it becomes
+PENDING (and is sent); denied, DENIED, for good (docs/refunds.md, "The refund policy").
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from bridge.store.models import Refund, RefundStatus, RefundStatusChange, utcnow
 
 # What each status may move to.
 FORWARD: dict[str, frozenset[str]] = {
+    RefundStatus.REQUESTED: frozenset({RefundStatus.PENDING, RefundStatus.DENIED}),
     RefundStatus.PENDING: frozenset({RefundStatus.REFUNDED, RefundStatus.FAILED}),
     RefundStatus.FAILED: frozenset({RefundStatus.REFUNDED}),
     RefundStatus.REFUNDED: frozenset(),
+    RefundStatus.DENIED: frozenset(),
 }
+# Statuses whose amount no longer counts against what is refundable.
+RELEASED = (RefundStatus.FAILED, RefundStatus.DENIED)
 
 # Sources of a change, as recorded in the history.
 SOURCE_REQUEST = "request"
@@ -31,6 +37,7 @@ SOURCE_WEBHOOK = "webhook"
 SOURCE_RECONCILIATION = "reconciliation"
 SOURCE_WORKER = "worker"
 SOURCE_OPERATOR = "operator"
+SOURCE_ADMIN = "admin"  # an admin's approve or deny
 
 
 def record_created(
@@ -82,8 +89,8 @@ def mark_for_review(refund: Refund, reason: str, *, source: str) -> bool:
 
 
 def counted_cents(refund: Refund) -> int:
-    """What a refund takes from the order's refundable amount."""
-    if refund.status == RefundStatus.FAILED:
+    """What a refund takes from the order's refundable amount (a waiting REQUESTED one counts)."""
+    if refund.status in RELEASED:
         return 0
     if refund.status == RefundStatus.REFUNDED and refund.refunded_amount_cents is not None:
         return refund.refunded_amount_cents
@@ -91,14 +98,15 @@ def counted_cents(refund: Refund) -> int:
 
 
 def committed_cents(session: Session, order_id: str) -> int:
-    """The sum of the order's refunds that are not FAILED (what they refund or will)."""
+    """The sum of the order's refunds that are not FAILED or DENIED (what they refund or will,
+    REQUESTED ones included: waiting requests never add up beyond what was paid)."""
     refunded = func.coalesce(Refund.refunded_amount_cents, Refund.amount_cents)
     amount = func.sum(
         case((Refund.status == RefundStatus.REFUNDED, refunded), else_=Refund.amount_cents)
     )
     total = session.scalar(
         select(func.coalesce(amount, 0)).where(
-            Refund.order_id == order_id, Refund.status != RefundStatus.FAILED
+            Refund.order_id == order_id, Refund.status.not_in(RELEASED)
         )
     )
     return int(total or 0)
@@ -165,6 +173,9 @@ def refund_to_dict(refund: Refund, *, with_history: bool = False) -> dict[str, A
         "needs_review": refund.needs_review,
         "review_reason": refund.review_reason,
         "failure_reason": refund.failure_reason,
+        "decided_by": refund.decided_by,
+        "decided_at": iso(refund.decided_at),
+        "decision_comment": refund.decision_comment,
         "created_at": iso(refund.created_at),
         "updated_at": iso(refund.updated_at),
     }

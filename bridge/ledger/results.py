@@ -16,6 +16,7 @@ The rules:
   told. A FAILED after REFUNDED changes no state: the refund is flagged and admins alerted, the
   order stays untouched.
 - A result that repeats the current status changes nothing and tells nobody again.
+- A result for a REQUESTED or DENIED refund (never sent) changes nothing and flags it.
 
 Every review flag newly set here also sends one admin alert, so a refund that needs a person is
 never only a flag in a table.
@@ -74,7 +75,11 @@ def apply_result(
         if flag_for_review(session, refund, reason, source=source, project=False):
             outcome.review_reasons.append(reason)
 
-    if status == RefundStatus.REFUNDED:
+    if refund.status in (RefundStatus.REQUESTED, RefundStatus.DENIED):
+        # Never sent to RideNDine (waiting for, or refused by, an admin): a result for it is
+        # the partner contradicting the ledger; a person decides, no state moves.
+        flag(f"RideNDine reported {status} for a refund that was never sent ({refund.status})")
+    elif status == RefundStatus.REFUNDED:
         if refund.status == RefundStatus.REFUNDED:
             reported = amount_cents if amount_cents is not None else refund.refunded_amount_cents
             if reported != refund.refunded_amount_cents:

@@ -73,6 +73,7 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "source",
     "ridendine_refund_id",
     "needs_review",
+    "decided_by",
 )
 _INTEGER_FIELDS = frozenset({"amount_cents", "refunded_amount_cents"})
 
@@ -396,9 +397,22 @@ def _compare_stripe(
         return
     stripe_says = f"{found.status} {found.amount_cents} cents ({sid})"
     status = refund.status
-    fresh = utcnow() - refund.created_at < timedelta(
-        seconds=services.settings.pending_stale_seconds
-    )
+    if status in (RefundStatus.REQUESTED, RefundStatus.DENIED):
+        report.mismatches.append(
+            Mismatch(
+                kind=STRIPE_STATUS_DIFFERS,
+                order_id=refund.order_id,
+                refund_id=refund.id,
+                ledger=ledger_says,
+                directus="-",
+                stripe=stripe_says,
+                fix="review by hand: Stripe has a refund the bridge never sent (no admin "
+                "approved it)",
+            )
+        )
+        return
+    sent_at = refund.decided_at or refund.created_at  # a refund that waited was sent then
+    fresh = utcnow() - sent_at < timedelta(seconds=services.settings.pending_stale_seconds)
     if status == RefundStatus.PENDING and (fresh or found.status in stripe_check.STILL_PENDING):
         return  # still under way on both sides; the worker's stale check follows it
     agrees = (status == RefundStatus.REFUNDED and found.status == stripe_check.SUCCEEDED) or (

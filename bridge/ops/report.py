@@ -43,6 +43,7 @@ REPORT_COLUMNS = (
     Refund.failure_reason,
     Refund.created_at,
     Refund.resolved_at,
+    Refund.decided_at,
 )
 
 
@@ -108,6 +109,10 @@ class RefundReport:
     by_source: dict[str, int] = field(default_factory=dict)
     processing_seconds: dict[str, float | int | None] = field(default_factory=dict)
     needs_review: int = 0
+    awaiting_approval: int = 0
+    approved: int = 0
+    denied: int = 0
+    decision_seconds: dict[str, float | int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,6 +138,7 @@ def build_report(
                     or_(
                         (Refund.created_at >= start) & (Refund.created_at < end),
                         (Refund.resolved_at >= start) & (Refund.resolved_at < end),
+                        (Refund.decided_at >= start) & (Refund.decided_at < end),
                     )
                 )
             )
@@ -169,6 +175,7 @@ def _fill_from_ledger(
     failures: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     durations: list[float] = []
+    decisions: list[float] = []
     for refund in refunds:
         created_here = _within(refund.created_at, start, end)
         resolved_here = _within(refund.resolved_at, start, end)
@@ -177,11 +184,20 @@ def _fill_from_ledger(
             sources[refund.source] += 1
             if refund.status == RefundStatus.PENDING:
                 report.pending += 1
+            elif refund.status == RefundStatus.REQUESTED:
+                report.awaiting_approval += 1
         if (created_here or resolved_here) and refund.needs_review:
             report.needs_review += 1
+        if _within(refund.decided_at, start, end):
+            decisions.append((refund.decided_at - refund.created_at).total_seconds())
+            if refund.status == RefundStatus.DENIED:
+                report.denied += 1
+            else:
+                report.approved += 1
         if not resolved_here or refund.resolved_at is None:
             continue
-        durations.append((refund.resolved_at - refund.created_at).total_seconds())
+        sent_at = refund.decided_at or refund.created_at
+        durations.append((refund.resolved_at - sent_at).total_seconds())
         if refund.status == RefundStatus.REFUNDED:
             amount = refund_amount(refund)
             report.refunded += 1
@@ -207,9 +223,14 @@ def _fill_from_ledger(
     report.failure_reasons = dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])))
     report.by_reason = dict(sorted(reasons.items()))
     report.by_source = dict(sorted(sources.items()))
-    p50, p95 = percentile(durations, 50), percentile(durations, 95)
-    report.processing_seconds = {
-        "count": len(durations),
+    report.processing_seconds = _spread(durations)
+    report.decision_seconds = _spread(decisions)
+
+
+def _spread(seconds: list[float]) -> dict[str, float | int | None]:
+    p50, p95 = percentile(seconds, 50), percentile(seconds, 95)
+    return {
+        "count": len(seconds),
         "p50": round(p50, 3) if p50 is not None else None,
         "p95": round(p95, 3) if p95 is not None else None,
     }
@@ -291,6 +312,12 @@ def _rows(report: RefundReport) -> list[tuple[str, str, Any]]:
         ("processing_seconds_p50", "", _blank(report.processing_seconds.get("p50"))),
         ("processing_seconds_p95", "", _blank(report.processing_seconds.get("p95"))),
         ("needs_review", "", report.needs_review),
+        ("awaiting_approval", "", report.awaiting_approval),
+        ("approved", "", report.approved),
+        ("denied", "", report.denied),
+        ("decision_seconds_count", "", report.decision_seconds.get("count", 0)),
+        ("decision_seconds_p50", "", _blank(report.decision_seconds.get("p50"))),
+        ("decision_seconds_p95", "", _blank(report.decision_seconds.get("p95"))),
     ]
     return rows
 

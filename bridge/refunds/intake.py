@@ -44,6 +44,7 @@ from bridge.errors import (
 )
 from bridge.jobs import outbox
 from bridge.ledger import ledger
+from bridge.refunds import approval
 from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
 from bridge.refunds.submission import enqueue_submission
 from bridge.store.db import lock_order
@@ -79,6 +80,7 @@ class Order:
     paid_cents: int | None
     currency: str
     customer_id: str | None
+    status: str | None = None
 
 
 @dataclass
@@ -115,7 +117,7 @@ def request_refund(
     order = read_order(services, request.order_id)
     if caller.is_customer and (caller.user is None or order.customer_id != caller.user.id):
         raise Forbidden("You may only request refunds of your own orders.")
-    paid_cents = _refundable_order(order)
+    paid_cents = refundable_order(order)
     amount = _requested_amount(request, paid_cents)
 
     owner = f"request:{uuid.uuid4().hex}"
@@ -148,7 +150,7 @@ def request_refund(
     # queued; bridge/directus/projection.py).
     outbox.run_now(services, submit_job, owner=owner)
     outbox.run_now(services, projection_job, owner=owner)
-    answer = _answer_for_refund(services, refund_id)
+    answer = answer_for_refund(services, refund_id)
     if key is not None:
         _save_answer(services, caller.scope, key, answer)
     return answer
@@ -237,6 +239,7 @@ def read_order(services: Services, order_id: str) -> Order:
             fields=[
                 "id",
                 "ridendine_order_id",
+                "status",
                 "payment_status",
                 names.amount_paid,
                 names.currency,
@@ -265,6 +268,7 @@ def read_order(services: Services, order_id: str) -> Order:
             else services.settings.default_currency
         ),
         customer_id=str(customer) if customer else None,
+        status=_text(item.get("status")),
     )
 
 
@@ -272,7 +276,7 @@ def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _refundable_order(order: Order) -> int:
+def refundable_order(order: Order) -> int:
     """What was paid, when the order can be refunded at all; else 409."""
     if not order.ridendine_order_id:
         raise OrderNotRefundable("The order has no ridendine_order_id: RideNDine does not know it.")
@@ -332,6 +336,10 @@ def _record(
                 amount = refundable
             if amount < 1 or amount > refundable:
                 raise AmountExceedsRefundable(refundable)
+            # The policy is checked here, under the lock, with the order's other refunds.
+            waits = approval.reason_to_wait(
+                session, services.settings, order.id, order.status, requested_by, amount
+            )
             refund = Refund(
                 order_id=order.id,
                 ridendine_order_id=order.ridendine_order_id,
@@ -342,10 +350,13 @@ def _record(
                 requested_by=requested_by,
                 requested_by_user=requested_by_user,
                 items=request.items,
-                status=RefundStatus.PENDING,
+                status=RefundStatus.REQUESTED if waits else RefundStatus.PENDING,
                 source=RefundSource.COOCO,
             )
-            ledger.record_created(refund, detail=f"requested by {who}")
+            detail = f"requested by {who}"
+            if waits:
+                detail += f"; waits for an admin's approval: {waits}"
+            ledger.record_created(refund, detail=detail)
             session.add(refund)
             if key is not None:
                 session.add(
@@ -354,7 +365,11 @@ def _record(
                     )
                 )
             projection_job = enqueue_projection(session, refund, lease_to=owner)
-            submit_job = enqueue_submission(session, refund, lease_to=owner)
+            if waits:
+                submit_job = None  # nothing goes to RideNDine until an admin approves
+                approval.enqueue_requested_notices(session, refund)
+            else:
+                submit_job = enqueue_submission(session, refund, lease_to=owner)
             refund_id = refund.id
     except IntegrityError:
         if key is None:
@@ -369,7 +384,7 @@ def _record(
     return refund_id, projection_job, submit_job
 
 
-def _answer_for_refund(services: Services, refund_id: str) -> Answer:
+def answer_for_refund(services: Services, refund_id: str) -> Answer:
     """202 with the refund, or 422 when RideNDine rejected it."""
     with services.store.session() as session:
         refund = session.get(Refund, refund_id)
@@ -422,7 +437,7 @@ def _earlier_answer(
         if record.refund_id and utcnow() - record.created_at > timedelta(
             seconds=IDEMPOTENCY_STALE_SECONDS
         ):
-            answer = _answer_for_refund(services, record.refund_id)
+            answer = answer_for_refund(services, record.refund_id)
             _save_answer(services, scope, key, answer)
             answer.replayed = True
             return answer

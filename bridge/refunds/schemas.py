@@ -148,3 +148,13 @@ class RefundRequestSchema(Schema):
             requested_by_user=data.get("requested_by_user"),
             reason_comments=data.get("reason_comments"),
         )
+
+
+class DecisionSchema(Schema):
+    """The body of POST /ridendine/refunds/<id>/approve and /deny (contract section 1a): an
+    optional comment, kept with the decision (a deny's is e-mailed to the customer)."""
+
+    class Meta:
+        unknown = RAISE
+
+    comment = fields.String(allow_none=True, validate=validate.Length(max=MAX_COMMENT_CHARS))

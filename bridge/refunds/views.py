@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, after_this_request, request
 
 from bridge.errors import UnsupportedMediaType, ValidationProblem
-from bridge.refunds import intake
+from bridge.refunds import decisions, intake
 from bridge.services import get_services
 from bridge.web.auth import ACTING_USER_HEADER, Caller, authenticate
 
@@ -70,3 +70,27 @@ def list_refunds() -> dict[str, Any]:
     caller = _caller()
     order_id = intake.parse_order_id(request.args.get("order_id"))
     return intake.list_refunds(get_services(), caller, order_id)
+
+
+def _optional_json_body() -> Any:
+    """The decoded JSON body, or None when there is none (approve and deny need no body)."""
+    if not request.get_data(cache=True):
+        return None
+    return _json_body()
+
+
+@bp.post("/<refund_id>/approve")
+def approve_refund(refund_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    caller = _caller()
+    decisions.require_admin(caller)  # 403 before the body is looked at
+    answer = decisions.approve(get_services(), caller, refund_id, _optional_json_body())
+    if answer.problem is not None:
+        raise answer.problem
+    return answer.body, answer.status, answer.headers
+
+
+@bp.post("/<refund_id>/deny")
+def deny_refund(refund_id: str) -> dict[str, Any]:
+    caller = _caller()
+    decisions.require_admin(caller)
+    return decisions.deny(get_services(), caller, refund_id, _optional_json_body())

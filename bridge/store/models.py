@@ -77,6 +77,10 @@ class RefundStatus(StrEnum):
     PENDING = "PENDING"
     REFUNDED = "REFUNDED"
     FAILED = "FAILED"
+    # The refund policy (contract section 1a, docs/refunds.md): a customer's request that
+    # waits for an admin, and one an admin refused.
+    REQUESTED = "REQUESTED"
+    DENIED = "DENIED"
 
 
 class RefundSource(StrEnum):
@@ -108,6 +112,12 @@ class Refund(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # An admin's decision on a REQUESTED refund (approve or deny): who (Directus user id),
+    # when and why; `reminded_at` when the admins were reminded of it (once).
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_comment: Mapped[str | None] = mapped_column(Text)
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     history: Mapped[list[RefundStatusChange]] = relationship(
         back_populates="refund", order_by="RefundStatusChange.id", cascade="all, delete-orphan"

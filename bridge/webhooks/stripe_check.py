@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bridge.jobs import outbox
 from bridge.ledger import ledger, results
@@ -319,11 +319,13 @@ def enqueue_stale_checks(services: Services, *, now: datetime | None = None) -> 
     stale = timedelta(seconds=settings.pending_stale_seconds)
     can_ask_stripe = bool(settings.stripe_api_key)
     queued = 0
+    # A refund that waited for an admin was sent when approved: its clock starts then.
+    sent_at = func.coalesce(Refund.decided_at, Refund.created_at)
     with services.store.session() as session:
         rows = session.execute(
-            select(Refund.id, Refund.created_at, Refund.ridendine_refund_id, Refund.review_reason)
-            .where(Refund.status == RefundStatus.PENDING, Refund.created_at <= now - stale)
-            .order_by(Refund.created_at)
+            select(Refund.id, sent_at, Refund.ridendine_refund_id, Refund.review_reason)
+            .where(Refund.status == RefundStatus.PENDING, sent_at <= now - stale)
+            .order_by(sent_at)
         ).all()
         review = _pending_review_reason(settings)
         for refund_id, created_at, ridendine_refund_id, review_reason in rows:
@@ -353,7 +355,8 @@ def check_pending_refund(services: Services, job: OutboxJob) -> None:
         if refund is None or refund.status != RefundStatus.PENDING:
             return  # a result came meanwhile
         stripe_id = stripe_refund_id(refund.ridendine_refund_id)
-        amount, currency, created_at = refund.amount_cents, refund.currency, refund.created_at
+        amount, currency = refund.amount_cents, refund.currency
+        created_at = refund.decided_at or refund.created_at  # sent when approved, if it waited
     client = get_client(services)
     if client is not None and stripe_id is not None:
         try:

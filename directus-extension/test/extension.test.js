@@ -200,6 +200,54 @@ describe('the extension', () => {
 		assert.equal(received[0].headers.authorization, `Bearer ${SERVICE_TOKEN}`);
 	});
 
+	test('approve and deny reach the bridge with the service token, the user id and the body', async () => {
+		answer = (_req, res) => {
+			res.statusCode = 200;
+			res.setHeader('Content-Type', 'application/json');
+			res.end('{"refund": {"id": "rf_1", "status": "DENIED"}}');
+		};
+		const body = '{"comment":  "no, sorry"}';
+		const denied = await fetch(`${urlOf(directus)}/ridendine/refunds/rf%2F1/deny`, {
+			method: 'POST',
+			headers: {
+				'Content-Type': 'application/json',
+				Authorization: 'Bearer the-users-own-directus-token',
+				'X-Directus-User-Id': 'someone-else',
+				'X-Test-User': 'admin-7',
+			},
+			body,
+		});
+		const approved = await fetch(`${urlOf(directus)}/ridendine/refunds/rf_2/approve`, {
+			method: 'POST',
+			headers: { 'X-Test-User': 'admin-7' },
+		});
+		assert.equal(denied.status, 200);
+		assert.equal(await denied.text(), '{"refund": {"id": "rf_1", "status": "DENIED"}}');
+		assert.equal(approved.status, 200);
+		assert.deepEqual(
+			received.map((r) => [r.method, r.url, r.headers['x-directus-user-id'], r.body.toString('utf8')]),
+			[
+				['POST', '/ridendine/refunds/rf%2F1/deny', 'admin-7', body],
+				['POST', '/ridendine/refunds/rf_2/approve', 'admin-7', ''],
+			],
+		);
+		assert.equal(received[0].headers.authorization, `Bearer ${SERVICE_TOKEN}`);
+		assert.equal(received[0].headers['content-type'], 'application/json');
+	});
+
+	test('an anonymous decision gets 401 and the bridge is not called', async () => {
+		for (const verb of ['approve', 'deny']) {
+			const response = await fetch(`${urlOf(directus)}/ridendine/refunds/rf_1/${verb}`, {
+				method: 'POST',
+				headers: { 'Content-Type': 'application/json' },
+				body: '{}',
+			});
+			assert.equal(response.status, 401);
+			assert.equal((await response.json()).code, 'not_authenticated');
+		}
+		assert.equal(received.length, 0);
+	});
+
 	test('an anonymous caller gets 401 problem+json and the bridge is not called', async () => {
 		for (const [method, path] of [
 			['POST', '/ridendine/refunds'],

@@ -173,6 +173,67 @@ function refundResult(body) {
   return result;
 }
 
+// The refund policy (docs/refunds.md): a customer's request waiting for an admin, a reminder
+// of one still waiting, and an admin's denial.
+function approvalNotice(kind, body) {
+  const refund = body.refund && typeof body.refund === 'object' ? body.refund : {};
+  const order = body.order && typeof body.order === 'object' ? body.order : {};
+  const recipients = body.recipients && typeof body.recipients === 'object' ? body.recipients : {};
+  const decision = body.decision && typeof body.decision === 'object' ? body.decision : {};
+  const wanted = kind === 'refund_denied' ? 'DENIED' : 'REQUESTED';
+  if (refund.status !== wanted) return invalid(kind, 'refund.status must be ' + wanted);
+  const orderId = oneLine(order.id || refund.order_id, 255);
+  if (!orderId) return invalid(kind, 'order.id is required');
+  const amount = amountDisplay(body, refund);
+  const o = html(orderId);
+  const a = html(amount);
+  const result = plan(kind);
+
+  const customer = address(recipients.customer);
+  if (customer && kind === 'refund_requested') {
+    result.customer = mail(customer, `Your refund request for order ${orderId} is being reviewed`, [
+      'Hello,',
+      `we have received your request to refund <strong>${a}</strong> for your order ` +
+        `<strong>${o}</strong>. Our team is reviewing it.`,
+      'You will hear from us as soon as it is decided; there is nothing you need to do now.',
+    ]);
+  }
+  if (customer && kind === 'refund_denied') {
+    const comment = text(decision.comment || refund.decision_comment, 500).trim();
+    result.customer = mail(customer, `Your refund request for order ${orderId} was not approved`, [
+      'Hello,',
+      `we have reviewed your request to refund <strong>${a}</strong> for your order ` +
+        `<strong>${o}</strong>, and we cannot approve it.`,
+      comment ? 'Our team wrote: <em>' + html(comment) + '</em>' : 'No comment was given.',
+      'If you have questions, reply to this e-mail or contact COOCO support.',
+    ]);
+  }
+
+  const admins = kind === 'refund_denied' ? [] : addresses(recipients.admins);
+  if (admins.length) {
+    const link = typeof body.link === 'string' && /^https?:\/\//.test(body.link) ? body.link : '';
+    const lines = [
+      `A customer asked for a refund of <strong>${a}</strong> on order <strong>${o}</strong>` +
+        ' (reason ' + html(oneLine(refund.reason, 100) || 'not given') + ').',
+      'Refund: ' + html(oneLine(refund.id, 255) || 'unknown') + ', requested ' +
+        html(oneLine(refund.created_at, 40) || '?') + '.',
+      'It is not sent to RideNDine until an admin approves it: open the refund in Directus and ' +
+        'run <strong>approve or deny</strong>.',
+    ];
+    if (refund.reason_comments) {
+      lines.push('The customer wrote: <em>' + html(text(refund.reason_comments, 500)) + '</em>');
+    }
+    if (link) lines.push('<a href="' + html(link) + '">' + html(link) + '</a>');
+    result.admins = mail(
+      admins,
+      `[refund-bridge] Order ${orderId}: refund of ${amount} ` +
+        (kind === 'approval_reminder' ? 'still waits for approval' : 'waits for approval'),
+      lines,
+    );
+  }
+  return result;
+}
+
 function adminAlert(body) {
   const admins = addresses(body.recipients && body.recipients.admins);
   if (!admins.length) return invalid('admin_alert', 'recipients.admins is empty');
@@ -192,8 +253,16 @@ module.exports = async function authorize(data) {
   let result;
   if (body.kind === 'refund_result') result = refundResult(body);
   else if (body.kind === 'admin_alert') result = adminAlert(body);
-  else if (body.kind === 'ping') result = plan('ping');
-  else result = invalid(null, 'kind must be refund_result, admin_alert or ping');
+  else if (['refund_requested', 'approval_reminder', 'refund_denied'].includes(body.kind)) {
+    result = approvalNotice(body.kind, body);
+  } else if (body.kind === 'ping') result = plan('ping');
+  else {
+    result = invalid(
+      null,
+      'kind must be refund_result, admin_alert, refund_requested, approval_reminder, ' +
+        'refund_denied or ping',
+    );
+  }
   result.sent = ['customer', 'chef', 'admins'].filter((who) => result[who] !== null);
   return result;
 };

@@ -63,6 +63,18 @@ def test_sync_twice_leaves_one_dashboard_with_its_panels(
     assert by_key["by_reason"]["options"]["column"] == "reason"
     assert by_key["by_status"]["options"]["xAxis"] == "status"
     assert by_key["amount_per_day"]["options"]["valueField"] == "amount_cents"
+    waiting = by_key["waiting_for_approval"]
+    assert (waiting["type"], waiting["options"]["filter"]) == (
+        "list",
+        {"status": {"_eq": "REQUESTED"}},
+    )
+    # The refunds list's saved view of the waiting requests: one, global.
+    (preset,) = directus_admin.list_system(
+        "presets",
+        filter={"collection": {"_eq": "refunds"}, "bookmark": {"_eq": "Waiting for approval"}},
+    )
+    assert preset["filter"] == {"status": {"_eq": "REQUESTED"}}
+    assert (preset["user"], preset["role"], preset["layout"]) == (None, None, "tabular")
 
 
 def test_sync_repairs_drift_and_keeps_admins_own_panels(
@@ -186,9 +198,11 @@ def test_every_panel_query_answers_with_our_refunds(
     order = make_order(directus_admin)
     now = datetime.now(UTC).isoformat()
     flagged = unique_id("rf")
+    waiting = unique_id("rf")
     for refund_id, status, review in (
         (unique_id("rf"), "REFUNDED", False),
         (flagged, "PENDING", True),
+        (waiting, "REQUESTED", False),
     ):
         directus_admin.create_item(
             "refunds",
@@ -218,3 +232,5 @@ def test_every_panel_query_answers_with_our_refunds(
     assert any(row["reason"] == "chef_rejected" for row in answers["by_reason"])
     assert {"REFUNDED", "PENDING"} <= {row["status"] for row in answers["by_status"]}
     assert flagged in {row["id"] for row in answers["needs_review_list"]}
+    assert waiting in {row["id"] for row in answers["waiting_for_approval"]}
+    assert flagged not in {row["id"] for row in answers["waiting_for_approval"]}

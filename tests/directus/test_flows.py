@@ -18,7 +18,7 @@ from devstack.directus import DirectusServer
 from devstack.net import wait_until
 from devstack.smtp import SmtpSink
 from directus_client import DirectusClient, ForbiddenError
-from flows import REFUND_RESULT, REQUEST_REFUND
+from flows import APPROVE_OR_DENY, REFUND_RESULT, REQUEST_REFUND
 from flows.sync import (
     FlowParams,
     FlowRefused,
@@ -115,6 +115,7 @@ def test_flows_without_their_setting_are_skipped(
     assert [(r.key, r.action) for r in results] == [
         (REFUND_RESULT, "skipped"),
         (REQUEST_REFUND, "skipped"),
+        (APPROVE_OR_DENY, "skipped"),
     ]
     with pytest.raises(ValueError, match="at least 16"):
         sync_flows(directus_admin, FlowParams(flow_secret="short"), dry_run=True)
@@ -292,13 +293,13 @@ class Receiver:
         self.server.server_close()
 
 
-def wait_until_loaded(client: DirectusClient, flow_id: str) -> None:
+def wait_until_loaded(client: DirectusClient, flow_id: str, collection: str = "orders") -> None:
     """Directus loads a new Flow in the background: until then its trigger answers 403. An
     empty selection is refused by the Flow itself once it is there (nothing is called)."""
 
     def loaded() -> bool:
         try:
-            client.trigger_flow(flow_id, {"collection": "orders", "keys": []}, token=None)
+            client.trigger_flow(flow_id, {"collection": collection, "keys": []}, token=None)
         except ForbiddenError:
             return False
         return True
@@ -426,3 +427,58 @@ def test_an_e_mail_the_mail_server_refuses_is_a_refusal_for_the_caller(
         trigger(directus_admin, refund_flows[REFUND_RESULT], body)
     # The customer's e-mail went before the chef's failed; the admins' was not tried.
     assert [m.rcpt_to for m in smtp_sink.matching(order_id)] == [(body["recipients"]["customer"],)]
+
+
+# -- "approve or deny" ------------------------------------------------------------------------
+
+
+def test_approve_or_deny_calls_the_bridge_as_the_user_who_pressed_it(
+    spare_directus: DirectusServer, receiver: Receiver
+) -> None:
+    admin = DirectusClient(spare_directus.url, spare_directus.admin_token)
+    params = FlowParams(
+        flow_secret=FLOW_SECRET, bridge_url=receiver.url, service_token=SERVICE_TOKEN
+    )
+    flow_id = {r.key: r.flow_id for r in sync_flows(admin, params)}[APPROVE_OR_DENY]
+    assert flow_id
+    wait_until_loaded(admin, flow_id, "refunds")
+    flow = admin.list_flows(filter={"id": {"_eq": flow_id}})[0]
+    assert (flow["trigger"], flow["options"]["collections"]) == ("manual", ["refunds"])
+    assert [f["field"] for f in flow["options"]["fields"]] == ["decision", "comment"]
+
+    # Anyone signed in can trigger it: the Flow passes who it is, the bridge decides.
+    nobody = make_user(admin)
+    as_nobody = admin.with_token(nobody["token"])
+    refund = {"id": "rf/1", "status": "DENIED", "amount_cents": 900, "order_id": "o-1"}
+    receiver.answer = (200, {"refund": refund})
+    dialog = {"collection": "refunds", "keys": ["rf/1"], "decision": "deny", "comment": " late "}
+    answer = as_nobody.trigger_flow(flow_id, dialog, token=None)
+    assert answer == {"ok": True, "refund": refund}
+    ((headers, body),) = receiver.calls
+    assert headers["Authorization"] == f"Bearer {SERVICE_TOKEN}"
+    assert headers["X-Directus-User-Id"] == nobody["id"]
+    assert body == {"comment": "late"}
+    notes = admin.list_system(
+        "notifications", filter={"recipient": {"_eq": nobody["id"]}}, fields=["subject", "item"]
+    )
+    assert {"subject": "Refund rf/1: denied", "item": "rf/1"} in notes
+
+    # The bridge's refusal (here: not an admin) is told to the user and answered.
+    receiver.answer = (
+        403,
+        {"status": 403, "code": "forbidden", "detail": "Only an admin may approve."},
+    )
+    refused = as_nobody.trigger_flow(flow_id, {**dialog, "decision": "approve"}, token=None)
+    assert (refused["ok"], refused["code"]) == (False, "forbidden")
+    assert "Only an admin may approve." in refused["error"]
+    notes = admin.list_system(
+        "notifications", filter={"recipient": {"_eq": nobody["id"]}}, fields=["subject"]
+    )
+    assert {"subject": "Refund rf/1: not approved"} in notes
+
+    # Bad input never reaches the bridge.
+    calls = len(receiver.calls)
+    for bad in ({**dialog, "decision": "maybe"}, {**dialog, "keys": []}):
+        assert as_nobody.trigger_flow(flow_id, bad, token=None)["ok"] is False
+    assert len(receiver.calls) == calls
+    admin.close()

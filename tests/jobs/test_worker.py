@@ -221,7 +221,7 @@ def test_the_registry_lists_every_job_kind_the_code_enqueues() -> None:
     root = Path(bridge.__file__).parent
     defined = set(re.findall(r'^JOB_[A-Z_]+ = "([a-z_]+)"', _sources(root), re.M))
     listed = [job.kind for job in registry.JOB_KINDS]
-    assert len(listed) == len(set(listed)) == 10
+    assert len(listed) == len(set(listed)) == 11  # notify_approval: the refund policy
     assert set(listed) == defined
     registry.register_all()
     assert set(listed) <= set(outbox.HANDLERS)
@@ -233,6 +233,7 @@ def test_the_registry_lists_every_job_kind_the_code_enqueues() -> None:
         "notify_result_admins",
         "alert_admins",
         "resolve_event",
+        "notify_approval",
     } == registry.DIRECTUS_KINDS
 
 

@@ -9,9 +9,12 @@
    order update per REFUNDED refund, one notification per result reached). Every delivery is
    answered 200 and recorded once.
 2. Amounts: for any sequence of refund requests (an amount, a percentage, line items, or "all
-   that is left") and results on a real order in the real Directus, the bridge answers exactly
-   as a model of the order's money says (202 or 409 with `refundable_cents`), and never commits
-   or refunds more than was paid.
+   that is left"), customers' requests that wait for an admin (the order is DELIVERED: the
+   refund policy), admins' approvals and denials of them (again, or of one already decided) and
+   results on a real order in the real Directus, the bridge answers exactly as a model of the
+   order's money says (202, 200, or 409 with `refundable_cents` or
+   `refund_not_awaiting_approval`), and never commits or refunds more than was paid: waiting
+   requests count, denied ones do not.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from devstack.directus import DirectusServer
 from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
 from tests.support import reliability
-from tests.support.helpers import SERVICE_TOKEN, make_order, make_settings
+from tests.support.helpers import SERVICE_TOKEN, make_order, make_settings, make_user
 from tests.support.webhook_helpers import WEBHOOK_URL, event_body, sign
 
 PAID = 10_000
@@ -275,6 +278,7 @@ class AmountsTarget:
     client: FlaskClient
     services: Services
     admin: DirectusClient
+    admin_user_id: str  # a Directus admin the service token acts for (approve, deny)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +303,8 @@ def amounts_target(
     )
     with app.app_context():
         services = get_services()
-    yield AmountsTarget(app.test_client(), services, directus_admin)
+    admin_user = make_user(directus_admin, admin=True)
+    yield AmountsTarget(app.test_client(), services, directus_admin, admin_user["id"])
     reliability.record("test_fuzz_state", **FIGURES)
 
 
@@ -309,6 +314,11 @@ requests_st = st.one_of(
     st.tuples(st.just("items"), st.lists(st.integers(0, PAID), min_size=1, max_size=3)),
     st.tuples(st.just("rest"), st.none()),
     st.tuples(st.just("result"), st.tuples(st.integers(0, 20), st.sampled_from(STORIES[1:]))),
+    # The refund policy: a customer's request on the DELIVERED order waits (REQUESTED); an
+    # admin approves or denies one of them (perhaps one already decided: 409).
+    st.tuples(st.just("customer"), st.one_of(st.none(), st.integers(1, 2 * PAID))),
+    st.tuples(st.just("approve"), st.integers(0, 20)),
+    st.tuples(st.just("deny"), st.integers(0, 20)),
 )
 
 
@@ -325,11 +335,66 @@ def test_the_bridge_never_commits_more_than_was_paid(
     target = amounts_target
     FIGURES["amount_examples"] += 1
     order = make_order(target.admin, amount_paid_cents=paid)
-    committed = 0  # the model: refunds asked for and not FAILED
+    committed = 0  # the model: refunds asked for and not FAILED or DENIED
     refunds: list[dict[str, Any]] = []  # with their amount and whether they still count
+    waiting_requests: list[dict[str, Any]] = []  # customers' requests, and whether they wait
+    acting_admin = {
+        "Authorization": f"Bearer {SERVICE_TOKEN}",
+        "X-Directus-User-Id": target.admin_user_id,
+    }
     for kind, value in steps:
         FIGURES["amount_steps"] += 1
-        if kind == "result":
+        if kind in ("approve", "deny"):
+            if not waiting_requests:
+                continue
+            request = waiting_requests[value % len(waiting_requests)]
+            answer = target.client.post(
+                f"/ridendine/refunds/{request['id']}/{kind}", headers=acting_admin
+            )
+            if not request["waiting"]:
+                assert answer.status_code == 409, answer.get_json()
+                assert answer.get_json()["code"] == "refund_not_awaiting_approval"
+            else:
+                assert answer.status_code == 200, answer.get_json()
+                shown = answer.get_json()["refund"]
+                request["waiting"] = False
+                FIGURES[f"{kind}d"] += 1
+                if kind == "deny":
+                    assert shown["status"] == "DENIED"
+                    committed -= request["amount"]
+                else:
+                    assert shown["status"] == "PENDING"
+                    assert shown["ridendine_refund_id"]  # sent once approved
+                    refunds.append(
+                        {
+                            "amount": request["amount"],
+                            "ridendine_refund_id": shown["ridendine_refund_id"],
+                            "decided": False,
+                        }
+                    )
+        elif kind == "customer":
+            body = {
+                "order_id": order["id"],
+                "reason": "customer_cancel",
+                "requested_by": "customer",
+            }
+            if value is not None:
+                body["amount_cents"] = value
+            service = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+            answer = target.client.post("/ridendine/refunds", json=body, headers=service)
+            refundable = paid - committed
+            wanted = refundable if value is None else value
+            if 1 <= wanted <= refundable:
+                assert answer.status_code == 202, answer.get_json()
+                shown = answer.get_json()["refund"]
+                assert (shown["status"], shown["amount_cents"]) == ("REQUESTED", wanted)
+                assert shown["ridendine_refund_id"] is None  # RideNDine hears nothing
+                waiting_requests.append({"id": shown["id"], "amount": wanted, "waiting": True})
+                committed += wanted
+            else:
+                assert answer.status_code == 409, answer.get_json()
+                assert answer.get_json()["refundable_cents"] == refundable
+        elif kind == "result":
             # RideNDine's word on a refund it has not decided yet (a FAILED refund that is
             # REFUNDED later, after its amount was asked for again, is the partner
             # contradicting itself: test_a_failed_refund_refunded_later_is_flagged).

@@ -36,6 +36,7 @@ from tests.support.helpers import (
     SERVICE_TOKEN,
     make_order,
     make_settings,
+    make_user,
     settings_env,
 )
 from tests.support.webhook_helpers import event_body, post_event, sync_result_flow
@@ -458,3 +459,54 @@ def test_many_refunds_are_read_in_a_few_requests(
     assert report["summary"]["refunds_checked"] == count
     # Items by order and orders by id, 100 at a time: 3 + 3 requests, not one per refund.
     assert len(calls) == 2 * 3, calls
+
+
+def test_waiting_and_denied_refunds_reconcile_and_a_stale_decision_is_fixed(
+    bridge: Flask,
+    services: Services,
+    outside: responses.RequestsMock,
+    env: dict[str, str],
+    directus_admin: DirectusClient,
+    fake_stripe: FakeStripe,
+) -> None:
+    """REQUESTED and DENIED refunds (the refund policy) compare like any other; Directus still
+    showing a denied refund as REQUESTED is fixed; a Stripe refund for a refund nobody approved
+    is for a person."""
+    admin = make_user(directus_admin, admin=True)
+    waiting = request_refund(
+        bridge, make_order(directus_admin)["id"], reason="customer_cancel", requested_by="customer"
+    )
+    denied = request_refund(
+        bridge, make_order(directus_admin)["id"], reason="customer_cancel", requested_by="customer"
+    )
+    assert (waiting["status"], denied["status"]) == ("REQUESTED", "REQUESTED")
+    answer = bridge.test_client().post(
+        f"/ridendine/refunds/{denied['id']}/deny",
+        json={"comment": "no"},
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}", "X-Directus-User-Id": admin["id"]},
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    code, report = run_reconcile(env)
+    assert (code, report["mismatches"]) == (0, [])
+
+    directus_admin.update_item("refunds", denied["id"], {"status": "REQUESTED", "decided_by": None})
+    code, report = run_reconcile(env, "--fix")
+    (mismatch,) = report["mismatches"]
+    assert (mismatch["kind"], mismatch["refund_id"], mismatch["fixed"]) == (
+        reconcile.REFUND_ITEM_DIFFERS,
+        denied["id"],
+        True,
+    )
+    assert "status=DENIED" in mismatch["ledger"]
+    assert directus_admin.get_item("refunds", denied["id"])["status"] == "DENIED"
+
+    stray = fake_stripe.create(waiting["amount_cents"])
+    fake_stripe.set(stray, "succeeded")
+    with services.store.session() as session:
+        session.execute(
+            update(Refund).where(Refund.id == waiting["id"]).values(ridendine_refund_id=stray)
+        )
+    code, report = run_reconcile(env)
+    kinds = [(m["kind"], m["refund_id"]) for m in report["mismatches"]]
+    assert (reconcile.STRIPE_STATUS_DIFFERS, waiting["id"]) in kinds
+    assert code == 1

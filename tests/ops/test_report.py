@@ -119,6 +119,11 @@ EXPECTED: dict[str, Any] = {
     "processing_seconds": {"count": 25, "p50": 480, "p95": 10800},
     # r5, f5, p2, b2 (b4 is February's)
     "needs_review": 4,
+    # the refund policy: no refund of the fixture waited for an admin
+    "awaiting_approval": 0,
+    "approved": 0,
+    "denied": 0,
+    "decision_seconds": {"count": 0, "p50": None, "p95": None},
     "warnings": [],
 }
 
@@ -163,6 +168,57 @@ def test_report_figures_match_the_hand_computed_fixture(app: Flask) -> None:
         load_fixture(services, unique_id("o"))
         report = build_report(services, MONTH, paid_orders=None)
     assert report.as_dict() == EXPECTED
+
+
+def test_report_counts_the_admins_decisions(app: Flask) -> None:
+    """April 2019, by hand: q1 waits; a1 approved after 1 h and REFUNDED 10 min later; d1 denied
+    after 2 h; d2 requested on 31 March, denied 2 h later on 1 April."""
+    prefix = unique_id("o")
+    rows = [
+        # key, status, created, seconds to decision, seconds from decision to result
+        ("q1", "REQUESTED", "2019-04-02 10:00:00", None, None),
+        ("a1", "REFUNDED", "2019-04-03 10:00:00", 3600, 600),
+        ("d1", "DENIED", "2019-04-04 10:00:00", 7200, None),
+        ("d2", "DENIED", "2019-03-31 23:00:00", 7200, None),
+    ]
+    with app.app_context():
+        services = get_services()
+        with services.store.session() as session:
+            for key, status, created_text, to_decision, to_result in rows:
+                created = at(created_text)
+                decided = created + timedelta(seconds=to_decision) if to_decision else None
+                resolved = decided + timedelta(seconds=to_result) if decided and to_result else None
+                session.add(
+                    Refund(
+                        id=f"rf_{prefix}_{key}",
+                        order_id=f"{prefix}-{key}",
+                        ridendine_order_id=f"rdn-{key}",
+                        amount_cents=1000,
+                        currency="EUR",
+                        reason="customer_cancel",
+                        requested_by="customer",
+                        status=status,
+                        source="cooco",
+                        created_at=created,
+                        updated_at=resolved or decided or created,
+                        decided_at=decided,
+                        resolved_at=resolved,
+                    )
+                )
+        report = build_report(services, "2019-04", paid_orders=None)
+    # q1, a1, d1 were requested in April (d2 in March)
+    assert (report.requested, report.awaiting_approval) == (3, 1)
+    assert (report.approved, report.denied) == (1, 2)
+    # decisions 3600, 7200, 7200: p50 = 2nd (ceil 1.5), p95 = 3rd (ceil 2.85)
+    assert report.decision_seconds == {"count": 3, "p50": 7200, "p95": 7200}
+    # a1 is processed from its approval: 600 s, not the 4200 s since it was asked for
+    assert report.processing_seconds == {"count": 1, "p50": 600, "p95": 600}
+    figures = {
+        (r["metric"], r["dimension"]): r["value"]
+        for r in csv.DictReader(io.StringIO(render(report, "csv")))
+    }
+    assert (figures[("approved", "")], figures[("denied", "")]) == ("1", "2")
+    assert figures[("decision_seconds_p50", "")] == "7200.0"
 
 
 def test_refund_rate_uses_the_given_paid_orders(app: Flask) -> None:

@@ -617,7 +617,11 @@ def test_customer_refunds_their_own_order_with_customer_cancel(
     directus_admin: DirectusClient,
     customer: dict[str, Any],
 ) -> None:
-    order = make_order(directus_admin, customer=customer["id"], amount_paid_cents=2_000)
+    # PREPARING: inside the refund policy, so the customer's request goes at once
+    # (tests/test_refund_policy.py has the rest).
+    order = make_order(
+        directus_admin, customer=customer["id"], amount_paid_cents=2_000, status="PREPARING"
+    )
     accept(ridendine)
 
     response = api.post(
@@ -893,7 +897,7 @@ def test_no_token_or_key_is_logged(
     customer: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    order = make_order(directus_admin, customer=customer["id"])
+    order = make_order(directus_admin, customer=customer["id"], status="PREPARING")
     ridendine.add(responses.POST, CREATE_URL, status=503)
 
     with caplog.at_level("DEBUG"):

@@ -175,6 +175,7 @@ def test_the_worker_runs_it_daily(services: Services) -> None:
             "outbox",
             "leases",
             "pending_refunds",
+            "waiting_refunds",
             "housekeeping",
         }
     finally:

@@ -28,7 +28,7 @@ from devstack.net import wait_until
 from devstack.sandbox import SandboxProcess
 from devstack.smtp import SmtpSink
 from directus_client import DirectusClient
-from flows import REQUEST_REFUND
+from flows import APPROVE_OR_DENY, REQUEST_REFUND
 from flows.sync import find_flow_id, sync_flows
 from tests.support.helpers import RIDENDINE_KEY, make_order, make_settings, make_user, settings_env
 
@@ -53,10 +53,20 @@ class Stack:
     def webhook_url(self) -> str:
         return f"{self.directus.url}{WEBHOOK_PATH}"
 
-    def order(self, customer: dict[str, Any], chef: dict[str, Any], amount: int) -> str:
+    def order(
+        self,
+        customer: dict[str, Any],
+        chef: dict[str, Any],
+        amount: int,
+        status: str = "DELIVERED",
+    ) -> str:
         """An order of `customer`, whose RideNDine results come back through Directus."""
         order = make_order(
-            self.admin, amount_paid_cents=amount, customer=customer["id"], chef=chef["id"]
+            self.admin,
+            amount_paid_cents=amount,
+            customer=customer["id"],
+            chef=chef["id"],
+            status=status,
         )
         self.sandbox.control.set_rule(order["id"], bridge_webhook_url=self.webhook_url)
         return str(order["id"])
@@ -175,6 +185,7 @@ def assert_went_through(
     chef: dict[str, Any],
     token: str,
     also_mailed: tuple[str, ...] = (),
+    ignored: tuple[str, ...] = (),
 ) -> None:
     """RideNDine got the contract's call, its signed result came back through Directus, the
     order is REFUNDED and CANCELLED, and the customer, the chef and the admins got one e-mail."""
@@ -224,9 +235,24 @@ def assert_went_through(
 
     expected = [(customer["email"],), (chef["email"],), (ADMINS,)]
     expected += [(address,) for address in also_mailed]
-    stack.sink.wait_for(order_id, len(expected), timeout=WAIT_SECONDS)
+    # `ignored`: subjects of the mails about the order that are not the result's (a waiting
+    # request's notices, which Directus also e-mails to every admin it notified).
+
+    def result_mails() -> list[Any]:
+        return [
+            mail
+            for mail in stack.sink.matching(order_id)
+            if not any(text in mail.subject for text in ignored)
+        ]
+
+    wait_until(
+        lambda: len(result_mails()) >= len(expected),
+        timeout=WAIT_SECONDS,
+        interval=0.1,
+        what=f"{len(expected)} e-mail(s) about {order_id}",
+    )
     time.sleep(0.5)  # one more would be a duplicate notification
-    mails = stack.sink.matching(order_id)
+    mails = result_mails()
     assert sorted(m.rcpt_to for m in mails) == sorted(expected), [
         (m.rcpt_to, m.subject) for m in mails
     ]
@@ -236,7 +262,9 @@ def test_admins_and_customers_refund_at_coocos_urls(stack: Stack) -> None:
     who = people(stack.admin)
     customer, chef = who["customer"], who["chef"]
     by_admin = stack.order(customer, chef, 5000)
-    by_customer = stack.order(customer, chef, 3200)
+    # PREPARING: inside the refund policy, the customer refunds alone (a DELIVERED order
+    # waits for an admin: test_a_customer_request_waits_and_the_approve_or_deny_flow_decides).
+    by_customer = stack.order(customer, chef, 3200, status="PREPARING")
     not_theirs = stack.order(who["other_customer"], chef, 4100)
 
     admin_answer = request_refund(
@@ -418,5 +446,89 @@ def test_the_request_refund_flow_acts_for_the_user_who_pressed_it(stack: Stack) 
     refund = own["refund"]
     assert (refund["requested_by"], refund["requested_by_user"]) == ("customer", customer["id"])
     assert (refund["order_id"], refund["amount_cents"]) == (theirs, 1250)
-    (call,) = stack.sandbox.control.requests(idempotency_key=refund["id"])
-    assert call["body"]["requested_by"] == "customer"
+    # Their order is DELIVERED: outside the refund policy, the request waits for an admin,
+    # exactly as with their own token, and RideNDine hears nothing yet.
+    assert refund["status"] == "REQUESTED"
+    assert stack.sandbox.control.requests(idempotency_key=refund["id"]) == []
+
+
+def test_a_customer_request_waits_and_the_approve_or_deny_flow_decides(stack: Stack) -> None:
+    """The refund policy at COOCO's URLs: a customer's request on a DELIVERED order waits and
+    RideNDine hears nothing; the "approve or deny" Flow, triggered as the app does it, refuses a
+    user who is not an admin (nothing changes) and sends the refund once an admin approves."""
+    who = people(stack.admin)
+    customer, chef = who["customer"], who["chef"]
+    order_id = stack.order(customer, chef, 2750)
+
+    asked = request_refund(
+        stack, customer["token"], {"order_id": order_id, "reason": "customer_cancel"}
+    )
+    assert asked.status_code == 202, asked.text
+    refund = asked.json()["refund"]
+    assert (refund["status"], refund["ridendine_refund_id"]) == ("REQUESTED", None)
+    # The customer is told it is being reviewed, the admins that it waits (before deciding,
+    # so that these notices are not skipped as out of date).
+    reviewed = stack.sink.wait_for(f"order {order_id} is being reviewed", 1, timeout=WAIT_SECONDS)
+    assert [m.rcpt_to for m in reviewed] == [(customer["email"],)]
+    (waits,) = stack.sink.wait_for(f"Order {order_id}: refund of 27.50 EUR waits", 1)
+    assert waits.rcpt_to == (ADMINS,)
+
+    def notified() -> bool:
+        notes = stack.admin.list_system(
+            "notifications",
+            filter={
+                "_and": [
+                    {"item": {"_eq": refund["id"]}},
+                    {"recipient": {"_eq": who["admin"]["id"]}},
+                ]
+            },
+        )
+        return bool(notes)
+
+    wait_until(notified, timeout=WAIT_SECONDS, interval=0.2, what="the admin's notification")
+    flow_id = find_flow_id(stack.admin, APPROVE_OR_DENY)
+    assert flow_id
+
+    def press(user: dict[str, Any], decision: str) -> dict[str, Any]:
+        answer = requests.post(
+            f"{stack.directus.url}/flows/trigger/{flow_id}",
+            json={
+                "collection": "refunds",
+                "keys": [refund["id"]],
+                "decision": decision,
+                "comment": "checked the photos",
+            },
+            headers={"Authorization": f"Bearer {user['token']}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    # Any signed-in user can trigger a manual Flow: the bridge refuses one who is no admin.
+    refused = press(customer, "approve")
+    assert (refused["ok"], refused["code"]) == (False, "forbidden"), refused
+    assert press(who["other_customer"], "deny")["code"] == "forbidden"
+    unchanged = stack.admin.get_item("refunds", refund["id"])
+    assert (unchanged["status"], unchanged["decided_by"]) == ("REQUESTED", None)
+    assert stack.sandbox.control.requests(external_order_id=order_id) == []
+
+    approved = press(who["admin"], "approve")
+    assert approved["ok"] is True, approved
+    assert (approved["refund"]["status"], approved["refund"]["decided_by"]) == (
+        "PENDING",
+        who["admin"]["id"],
+    )
+    again = press(who["admin"], "approve")  # a double click
+    assert (again["ok"], again["code"]) == (False, "refund_not_awaiting_approval")
+    assert_went_through(
+        stack,
+        approved["refund"],
+        amount=2750,
+        reason="customer_cancel",
+        requested_by="customer",
+        customer=customer,
+        chef=chef,
+        token=customer["token"],
+        ignored=("is being reviewed", "waits for approval"),
+    )
