@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help test check lint typecheck pytest dev demo install directus postgres chromium bench clean openapi
+.PHONY: help test check lint typecheck pytest dev demo install directus postgres chromium wrk bench clean openapi
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -23,6 +23,9 @@ directus:  ## install the pinned Directus into the cache folder (once; reused)
 
 postgres:  ## make sure PostgreSQL's binaries are there for the throwaway test clusters
 	bash scripts/ensure-postgres.sh
+
+wrk:  ## make sure wrk (Debian's package) is there: the benchmark's load generator
+	bash scripts/ensure-wrk.sh
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(VENV)/bin/ruff check .
@@ -55,7 +58,7 @@ $(VENV)/.bench-installed: $(STAMP) setup.cfg
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed directus  ## the benchmark, docs/performance.md (about 1.5 h; BENCH_ARGS="--quick" or "--scenarios ...")
+bench: $(VENV)/.bench-installed directus postgres wrk  ## the benchmark, docs/performance.md (about 1.5 h; BENCH_ARGS="--quick" or "--scenarios ...")
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv and local state (not the Directus cache)

@@ -3,6 +3,7 @@
     python -m bench                 # N=2000, backlog 10000, growth 1000/4000/16000
     python -m bench --quick         # small N: proves the code works, figures mean little
     python -m bench --n 500 --scenarios ingest,baseline
+    python -m bench --scenarios floor --profile /tmp/prof   # the bridge's ingest vs the floor
 
 Prints a table with each target's PASS/FAIL and writes bench/results/<timestamp>.json.
 Exit code 0 when the run completed (a missed target is a finding, not a crash); 1 when the
@@ -27,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.floor import Floor
 from bench.scenarios import Bench
 from bench.stack import WEB_THREADS, WEB_WORKERS, BenchStack, start_stack
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("ingest", "baseline", "requests", "backlog", "growth")
+SCENARIOS = ("floor", "ingest", "baseline", "requests", "backlog", "growth")
+# Scenarios that need Directus and the bench stack (the floor runs servers of its own).
+STACK_SCENARIOS = SCENARIOS[1:]
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,22 @@ class Options:
     growth: tuple[int, ...] = (1000, 4000, 16_000)
     scenarios: tuple[str, ...] = SCENARIOS
     quick: bool = False
+    floor_seconds: float = 15.0
+    floor_warmup_seconds: float = 3.0
+    floor_postgres: bool = True
+    profile_dir: Path | None = None
 
     @classmethod
     def quick_run(cls) -> Options:
-        return cls(n=40, backlog=60, raw=40, growth=(20, 80), quick=True)
+        return cls(
+            n=40,
+            backlog=60,
+            raw=40,
+            growth=(20, 80),
+            quick=True,
+            floor_seconds=1.0,
+            floor_warmup_seconds=0.5,
+        )
 
 
 def machine() -> dict[str, Any]:
@@ -61,12 +77,17 @@ def machine() -> dict[str, Any]:
 
 
 def run(
-    stack: BenchStack, options: Options, *, say: Any = print, partial: Path | None = None
+    stack: BenchStack | None,
+    options: Options,
+    *,
+    say: Any = print,
+    partial: Path | None = None,
+    workdir: Path | None = None,
 ) -> dict[str, Any]:
-    """Every chosen scenario on a running stack; returns the results with their targets.
-    With `partial`, the results so far are written there after each scenario (a run cut
-    short keeps what it measured)."""
-    bench = Bench(stack, concurrency=options.concurrency)
+    """Every chosen scenario (on a running stack, except the floor); returns the results with
+    their targets. With `partial`, the results so far are written there after each scenario
+    (a run cut short keeps what it measured)."""
+    bench = Bench(stack, concurrency=options.concurrency) if stack is not None else None
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "options": {
@@ -76,6 +97,7 @@ def run(
             "raw": options.raw,
             "growth": list(options.growth),
             "quick": options.quick,
+            "floor_seconds": options.floor_seconds,
         },
         "machine": machine(),
         "stack": {
@@ -83,10 +105,11 @@ def run(
             "(gunicorn gthread)",
             "worker": "refund-bridge worker (one, SQLite store)",
             "directus": "11.3.5 on SQLite, LOG_LEVEL=info (its request log counts requests)"
-            if stack.directus_log
+            if stack is not None and stack.directus_log
             else "the caller's Directus (requests counted by the bridge's metrics)",
         },
     }
+    floor_dir = workdir or (stack.workdir if stack is not None else Path(tempfile.mkdtemp()))
     began = time.monotonic()
 
     def save(results: dict[str, Any]) -> None:
@@ -97,8 +120,20 @@ def run(
     def save_growth(so_far: dict[str, Any]) -> None:
         save({**results, "growth": so_far})
 
+    def floor() -> dict[str, Any]:
+        return Floor(
+            floor_dir / "floor",
+            seconds=options.floor_seconds,
+            warmup_seconds=options.floor_warmup_seconds,
+            concurrency=options.concurrency,
+            postgres=options.floor_postgres,
+            profile_dir=options.profile_dir,
+            say=say,
+        ).run()
+
     try:
         steps = (
+            ("floor", floor),
             ("ingest", lambda: bench.webhook_ingest(options.n)),
             ("baseline", lambda: bench.baseline(options.n)),
             ("requests", lambda: bench.refund_requests(options.n)),
@@ -108,11 +143,14 @@ def run(
         for name, step in steps:
             if name not in options.scenarios:
                 continue
+            if name in STACK_SCENARIOS and bench is None:
+                raise RuntimeError(f"scenario {name} needs the bench stack")
             say(f"bench: {name} ... ({time.monotonic() - began:.0f}s)")
             results[name] = step()
             save(results)
     finally:
-        bench.close()
+        if bench is not None:
+            bench.close()
     results["seconds"] = round(time.monotonic() - began, 1)
     checked = report.targets(results)
     results["targets"] = [target.as_dict() for target in checked]
@@ -137,6 +175,15 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help=f"any of {','.join(SCENARIOS)}"
     )
+    parser.add_argument(
+        "--floor-seconds", type=float, help="length of each run of the floor scenario (15)"
+    )
+    parser.add_argument(
+        "--no-floor-postgres", action="store_true", help="floor scenario: skip PostgreSQL"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="floor scenario: py-spy profiles of the web workers here"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -153,6 +200,10 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
         growth=tuple(int(v) for v in args.growth.split(",")) if args.growth else base.growth,
         scenarios=chosen,
         quick=args.quick,
+        floor_seconds=args.floor_seconds or base.floor_seconds,
+        floor_warmup_seconds=base.floor_warmup_seconds,
+        floor_postgres=not args.no_floor_postgres,
+        profile_dir=args.profile,
     )
     return options, args
 
@@ -168,18 +219,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="refund-bridge-bench-"))
-    print(f"bench: starting the stack in {workdir} ...", flush=True)
-    try:
-        stack = start_stack(workdir)
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"bench: the stack did not start: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
+    stack: BenchStack | None = None
+    if any(name in STACK_SCENARIOS for name in options.scenarios):
+        print(f"bench: starting the stack in {workdir} ...", flush=True)
+        try:
+            stack = start_stack(workdir)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            print(f"bench: the stack did not start: {exc}".splitlines()[0], file=sys.stderr)
+            return 1
     try:
         partial = args.out / "partial.json"
-        results = run(stack, options, say=lambda text: print(text, flush=True), partial=partial)
+        results = run(
+            stack,
+            options,
+            say=lambda text: print(text, flush=True),
+            partial=partial,
+            workdir=workdir,
+        )
         partial.unlink(missing_ok=True)
     finally:
-        stack.stop()
+        if stack is not None:
+            stack.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     path = write_results(results, args.out)

@@ -1,4 +1,4 @@
-"""The targets of issue 8, checked against a run's figures, and the console table."""
+"""The targets of issues 8 and 17, checked against a run's figures, and the console table."""
 
 from __future__ import annotations
 
@@ -49,6 +49,24 @@ def targets(results: dict[str, Any]) -> list[Target]:
         if isinstance(section, dict)
     )
     found = [Target("errors", "= 0", errors, errors == 0)]
+    floor = results.get("floor") or {}
+    for store, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        run = (floor.get("runs") or {}).get(f"bridge_{store}")
+        if not run:
+            continue
+        found.append(
+            _ge(
+                f"ingest / floor, requests per second, {label}",
+                floor["ratio_to_floor"][f"bridge_{store}"],
+                0.5,
+                ">= 0.5",
+            )
+        )
+        found.append(
+            _le(
+                f"ingest p99 (ms), {label}, 16 connections", run["latency_ms"]["p99"], 50.0, "<= 50"
+            )
+        )
     if ingest:
         found.append(
             _le(
@@ -73,6 +91,16 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 ingest["directus_requests"]["per_event"],
                 3.0,
                 "<= 3",
+            )
+        )
+    requests_ = results.get("requests") or {}
+    if requests_:
+        found.append(
+            _le(
+                "refund requests: bridge time / direct Directus work",
+                requests_["ratio_to_baseline"],
+                1.25,
+                "<= 1.25",
             )
         )
     if backlog:
@@ -110,6 +138,21 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
     def row(name: str, value: Any) -> None:
         lines.append(f"  {name:<48} {value}")
 
+    floor = results.get("floor")
+    if floor:
+        lines.append(
+            f"0. ingest against the floor: {floor['seconds']:.0f} s each, "
+            f"{floor['concurrency']} connections, wrk"
+        )
+        for name, run in floor["runs"].items():
+            latency = run["latency_ms"]
+            ratio = floor["ratio_to_floor"].get(name)
+            row(
+                f"{name}: requests/s, p50 / p99 (ms)",
+                f"{run['per_second']}, {latency['p50']} / {latency['p99']}"
+                + (f"  (x{ratio} of the floor)" if ratio is not None else "")
+                + f"  CPU {run.get('cpu_ms_per_request')} ms/request",
+            )
     ingest = results.get("ingest")
     if ingest:
         lines.append(f"1. webhook ingest: N={ingest['n']}, concurrency {ingest['concurrency']}")

@@ -129,6 +129,7 @@ class Bench:
             order_id=event.order_id,
             ridendine_order_id=f"rdn-{event.order_id}",
             amount_cents=AMOUNT_CENTS,
+            order_paid_cents=AMOUNT_CENTS,
             currency="EUR",
             reason="chef_rejected",
             requested_by="admin",

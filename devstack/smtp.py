@@ -2,6 +2,9 @@
 
 With `maildir`, each message is also written there as an .eml file (what `make dev` shows),
 named `<sink start time>-<n>.eml` so that a later run never overwrites an earlier run's mail.
+
+A recipient whose address starts with `refused-` is refused (550), as a mail server refuses an
+unknown mailbox: tests use it to see what a failed e-mail does.
 """
 
 from __future__ import annotations
@@ -43,9 +46,21 @@ class ReceivedMail:
         return "\n".join(parts)
 
 
+REFUSED_PREFIX = "refused-"
+
+
 class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower().startswith(REFUSED_PREFIX):
+            return "550 5.1.1 No such mailbox here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content or envelope.content

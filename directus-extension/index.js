@@ -9,6 +9,8 @@
 //   `req.rawBody` and, on the webhook path only, moves `Authorization` aside;
 // - the endpoint `ridendine` forwards to BRIDGE_URL: refund requests with the service token and
 //   the Directus user's id, webhooks with their raw body and signature headers unchanged.
+// A third entry, the operation `refund-bridge-mail`, is the "refund result" Flow's e-mail step
+// (docs/flows.md): Directus's own `mail` operation does not wait for the mail server.
 
 import { Buffer } from 'node:buffer';
 
@@ -351,6 +353,30 @@ export const endpoint = {
 	handler: (router, context) => registerRoutes(router, context),
 };
 
+/**
+ * The Flow operation `refund-bridge-mail`: one e-mail, finished only when the mail server has
+ * taken it. Directus 11's own `mail` operation starts sending and moves on, so a Flow answered
+ * "sent" while its e-mails were still under way, and a Directus stopped or restarted right after
+ * lost them for good: the bridge had recorded the notification as sent (docs/reliability.md).
+ * A failure throws, which sends the Flow down its reject path (an answer with ok false, retried
+ * by the bridge).
+ */
+export const mailOperation = {
+	id: 'refund-bridge-mail',
+	handler: async ({ to, subject, body }, { services, database, getSchema, accountability }) => {
+		const mailService = new services.MailService({
+			schema: await getSchema({ database }),
+			accountability,
+			knex: database,
+		});
+		const html = typeof body === 'string' ? body : JSON.stringify(body ?? '');
+		// Resolves once the transport has handed the e-mail over (SMTP: the server's 250 after
+		// DATA); rejects when it could not (server down, every recipient refused).
+		await mailService.send({ to, subject, html });
+		return { sent: true };
+	},
+};
+
 export const hook = ({ init }) => {
 	init('middlewares.before', ({ app }) => {
 		app.use(captureRawBody);
@@ -361,5 +387,5 @@ export const hook = ({ init }) => {
 export default {
 	endpoints: [{ name: 'ridendine', config: endpoint }],
 	hooks: [{ name: 'ridendine-raw-body', config: hook }],
-	operations: [],
+	operations: [{ name: 'refund-bridge-mail', config: mailOperation }],
 };

@@ -415,10 +415,20 @@ class DirectusClient:
         rows = _data(data) if data else []
         return list(rows) if isinstance(rows, list) else []
 
-    def update_batch(self, collection: str, items: Sequence[Mapping[str, Any]]) -> list[Item]:
-        """PATCH a batch of items, each with its primary key and its own values."""
+    def update_batch(
+        self,
+        collection: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        fields: Sequence[str] | None = None,
+    ) -> list[Item]:
+        """PATCH a batch of items, each with its primary key and its own values; returns the
+        updated items with `fields` (default: their `id`)."""
         data = self.request(
-            "PATCH", f"/items/{_segment(collection)}", params={"fields": "id"}, json_body=items
+            "PATCH",
+            f"/items/{_segment(collection)}",
+            params={"fields": ",".join(fields) if fields else "id"},
+            json_body=items,
         )
         rows = _data(data) if data else []
         return list(rows) if isinstance(rows, list) else []

@@ -68,7 +68,7 @@ def _refunds(
     ids = {job.refund_id for job in jobs if job.refund_id}
     if not ids:
         return {}
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         query = select(Refund).where(Refund.id.in_(ids))
         if history:
             query = query.options(selectinload(Refund.history))
@@ -95,20 +95,24 @@ def _order_fields(services: Services) -> list[str]:
     )
 
 
-def batch_orders(services: Services, context: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The orders of every `apply_order` and `notify_result` job of the claimed batch, read
-    once for both (an order Directus does not have is absent). Raises RetryLater."""
+def batch_orders(
+    services: Services, context: dict[str, Any], order_ids: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The orders of the claimed batch (by default those of every `apply_order` and
+    `notify_result` job; else `order_ids`), each read at most once for the whole batch: an
+    order the batch already knows (read, or returned by its own update) is not asked again;
+    an order Directus does not have is absent. Raises RetryLater."""
     if "orders_error" in context:
         raise context["orders_error"]
-    if "orders" in context:
-        orders: dict[str, dict[str, Any]] = context["orders"]
-        return orders
-    jobs = [job for job in context["jobs"] if job.kind in (JOB_APPLY_ORDER, JOB_NOTIFY_RESULT)]
-    order_ids = sorted({refund.order_id for refund in _refunds(services, jobs).values()})
+    orders: dict[str, dict[str, Any]] = context.setdefault("orders", {})
+    known: set[str] = context.setdefault("orders_known", set())
+    if order_ids is None:
+        jobs = [j for j in context["jobs"] if j.kind in (JOB_APPLY_ORDER, JOB_NOTIFY_RESULT)]
+        order_ids = {refund.order_id for refund in _refunds(services, jobs).values()}
+    missing = sorted(order_ids - known)
     names = services.settings.order_fields
-    orders = {}
     try:
-        for part in _chunks(order_ids):
+        for part in _chunks(missing):
             rows = services.directus.query_items(
                 names.collection,
                 filter={"id": {"_in": part}},
@@ -119,8 +123,14 @@ def batch_orders(services: Services, context: dict[str, Any]) -> dict[str, dict[
     except DirectusError as exc:
         context["orders_error"] = _directus_error(exc)
         raise context["orders_error"] from None
-    context["orders"] = orders
+    known.update(missing)
     return orders
+
+
+def _paid(refund: Refund) -> int | None:
+    """What the order's customer paid, as the ledger knows it (migration 0003)."""
+    paid = refund.order_paid_cents
+    return paid if paid is not None and paid > 0 else None
 
 
 def _one_by_one(services: Services, jobs: list[OutboxJob], handler: outbox.Handler) -> Outcomes:
@@ -153,8 +163,11 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
             live.append((job, refund))
     if not live:
         return outcomes
+    # Only the orders whose paid amount the ledger does not know are read first; the others
+    # are written at once, and their update answers with what the e-mail shows.
+    unknown_paid = {refund.order_id for _job, refund in live if _paid(refund) is None}
     try:
-        orders = batch_orders(services, context)
+        orders = batch_orders(services, context, unknown_paid)
     except outbox.RetryLater as exc:
         return {**outcomes, **{job.id: exc for job, _refund in live}}
     with services.store.session() as session:
@@ -164,12 +177,15 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         }
     writes: dict[str, dict[str, str]] = {}
     written: list[tuple[OutboxJob, str]] = []
+    read_before = set(orders)  # the others are known to exist only when their update answers
     for job, refund in live:
         order = orders.get(refund.order_id)
-        if order is None:
+        paid = _paid(refund)
+        if order is None and paid is None:
             outcomes[job.id] = outbox.GiveUp(f"order {refund.order_id} is not in Directus")
             continue
-        paid = ledger.as_cents(order.get(names.amount_paid))
+        if paid is None:
+            paid = ledger.as_cents((order or {}).get(names.amount_paid))
         if paid is None or paid <= 0:
             outcomes[job.id] = outbox.GiveUp(
                 f"order {refund.order_id} has no usable {names.amount_paid}"
@@ -179,7 +195,7 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         if total > paid:
             alert_over_refund(services, job, refund.order_id, refunded=total, paid=paid)
         changes = order_changes(
-            {**order, **writes.get(refund.order_id, {})},
+            {**(order or {}), **writes.get(refund.order_id, {})},
             refunded=total,
             paid=paid,
             cancels=refund.reason in settings.cancelling_reasons,
@@ -191,9 +207,15 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         items = [{"id": order_id, **changes} for order_id, changes in writes.items()]
         try:
             updated: set[str] = set()
+            fields = _order_fields(services)
             for part in _chunks(items, WRITE_CHUNK):
-                rows = services.directus.update_batch(names.collection, part)
-                updated |= {str(row.get("id")) for row in rows}
+                rows = services.directus.update_batch(names.collection, part, fields=fields)
+                for row in rows:
+                    # The order as the update left it: notify_result needs no read of it.
+                    order_id = str(row.get("id"))
+                    updated.add(order_id)
+                    orders[order_id] = {**orders.get(order_id, {}), **row}
+                    context.setdefault("orders_known", set()).add(order_id)
         except DirectusUnavailableError as exc:
             down = _directus_error(exc)
             return {**outcomes, **{job.id: down for job, _order_id in written}}
@@ -208,7 +230,8 @@ def apply_orders(services: Services, jobs: list[OutboxJob], context: dict[str, A
         updated = set()
     for job, order_id in written:
         if order_id in writes and order_id not in updated:
-            outcomes[job.id] = outbox.GiveUp(f"order {order_id} disappeared from Directus")
+            gone = "disappeared from Directus" if order_id in read_before else "is not in Directus"
+            outcomes[job.id] = outbox.GiveUp(f"order {order_id} {gone}")
         else:
             outcomes[job.id] = None
     return outcomes

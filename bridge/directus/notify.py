@@ -211,11 +211,16 @@ def trigger_flow(services: Services, body: dict[str, Any]) -> None:
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
     except DirectusError as exc:
         raise outbox.RetryLater(f"the Flow could not be triggered: {_safe(exc)}") from None
-    # The Flow answers 200 even when it refuses (wrong secret, bad body): {"ok": false, ...}.
+    # The Flow answers 200 even when it refuses (wrong secret, bad body, an e-mail the mail
+    # server did not take): {"ok": false, ...}. Only its own "ok": true says the e-mails were
+    # handed over; any other answer (a Flow stopped at an operation Directus does not know
+    # answers nothing) is retried, never recorded as sent (docs/flows.md).
     answer = answer.get("data", answer) if isinstance(answer, dict) else answer
-    if isinstance(answer, dict) and answer.get("ok") in (False, "false"):
-        error = str(answer.get("error") or "no reason given")[:200]
-        raise outbox.RetryLater(f"the Flow refused the call: {error}")
+    if not isinstance(answer, dict) or answer.get("ok") not in (True, "true"):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if error:
+            raise outbox.RetryLater(f"the Flow refused the call: {str(error)[:200]}")
+        raise outbox.RetryLater("the Flow did not confirm the e-mails (no ok in its answer)")
 
 
 def _safe(exc: DirectusError) -> str:

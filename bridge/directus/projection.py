@@ -124,7 +124,7 @@ def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool
 
 
 def project_refund(services: Services, job: OutboxJob) -> None:
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         # The queued projections are read before the refund: each was committed with a change
         # that the refund read next includes, so this run covers them.
         covered = outbox.pending_job_ids(
@@ -155,4 +155,7 @@ def project_refund(services: Services, job: OutboxJob) -> None:
         raise outbox.GiveUp(
             f"order {refund.order_id} of refund {refund.id} does not exist in Directus"
         ) from None
-    outbox.complete_superseded(services, covered, owner=job.locked_by)
+    with services.store.session() as session:
+        # The jobs this run covered and the job itself, done in one transaction.
+        outbox.complete_superseded_in(session, covered, owner=job.locked_by)
+        outbox.complete_in(session, job)

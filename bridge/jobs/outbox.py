@@ -21,6 +21,7 @@ import os
 import random
 import socket
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,12 @@ BATCH_ORDER: list[str] = []
 # last_error of a job that failed only because a dependency did not answer: the worker pulls
 # such jobs forward once the dependency answers again (bridge/worker.py).
 UNAVAILABLE_PREFIX = "Directus unavailable"
+
+
+# Jobs the running handler recorded done itself (`complete_in`), per `run_job` call.
+_completed_in_handler: ContextVar[set[int] | None] = ContextVar(
+    "outbox_completed_in_handler", default=None
+)
 
 
 class RetryLater(Exception):
@@ -244,13 +251,15 @@ def claim(
 def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str:
     """Do one claimed job; return its state afterwards (`done`, `pending` or `dead`)."""
     owner = owner or worker_id()
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         job = session.get(OutboxJob, job_id)
         if job is None or job.state != OutboxState.PENDING or job.locked_by != owner:
             return job.state if job is not None else "missing"
         session.expunge(job)
     func = HANDLERS.get(job.kind)
     outcome: Exception | None = None
+    completed: set[int] = set()
+    token = _completed_in_handler.set(completed)
     try:
         if func is None:
             raise GiveUp(f"no handler for job kind {job.kind!r}")
@@ -259,6 +268,11 @@ def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str
             func(services, job)
     except Exception as exc:  # noqa: BLE001 - every failure is the job's outcome (finish)
         outcome = exc
+    finally:
+        _completed_in_handler.reset(token)
+    if outcome is None and job.id in completed:
+        metrics.outbox_job_run(job.kind, OutboxState.DONE)  # recorded by the handler
+        return OutboxState.DONE
     return finish(services, job, owner, outcome)
 
 
@@ -315,7 +329,7 @@ def run_batch(
     BATCH_ORDER, then the rest one by one. Return each job's state afterwards, and whether
     a batch found Directus down (`DirectusDown`). Jobs not started because `should_stop()`
     turned true are handed back (their leases cleared)."""
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         jobs = list(
             session.scalars(
                 select(OutboxJob).where(_pending_held_by(owner, job_ids)).order_by(OutboxJob.id)
@@ -436,15 +450,17 @@ def _finish(
     return state
 
 
-def mark_done(session: Session, job_id: int, *, owner: str) -> None:
+def mark_done(session: Session, job_id: int, *, owner: str) -> bool:
     """Record a leased job done in the caller's transaction (its work was done in that same
-    transaction, so the two commit together or not at all)."""
+    transaction, so the two commit together or not at all); False when `owner` no longer
+    holds it."""
     now = utcnow()
-    session.execute(
+    result = session.execute(
         update(OutboxJob)
         .where(OutboxJob.id == job_id, OutboxJob.locked_by == owner)
         .values(**_done_values(now))
     )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _done_values(now: datetime) -> dict[str, Any]:
@@ -501,26 +517,45 @@ def complete_superseded(services: Services, job_ids: list[int], *, owner: str | 
     worker claimed meanwhile is left to it (it does the same work again, harmlessly)."""
     if not job_ids:
         return 0
+    with services.store.session() as session:
+        return complete_superseded_in(session, job_ids, owner=owner)
+
+
+def complete_superseded_in(session: Session, job_ids: list[int], *, owner: str | None) -> int:
+    """`complete_superseded` in the caller's transaction."""
+    if not job_ids:
+        return 0
     now = utcnow()
     holder = _free_or_held_by(owner)
-    with services.store.session() as session:
-        done = list(
-            session.scalars(
-                update(OutboxJob)
-                .where(OutboxJob.id.in_(job_ids), OutboxJob.state == OutboxState.PENDING, holder)
-                .values(
-                    state=OutboxState.DONE,
-                    locked_by=None,
-                    locked_until=None,
-                    updated_at=now,
-                    done_at=now,
-                    last_error="superseded: a later run did the same work",
-                )
-                .returning(OutboxJob.id)
+    done = list(
+        session.scalars(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_(job_ids), OutboxJob.state == OutboxState.PENDING, holder)
+            .values(
+                state=OutboxState.DONE,
+                locked_by=None,
+                locked_until=None,
+                updated_at=now,
+                done_at=now,
+                last_error="superseded: a later run did the same work",
             )
+            .returning(OutboxJob.id)
         )
+    )
     # Not counted in the job-run metrics: these jobs never ran (their attempts stay 0).
     return len(done)
+
+
+def complete_in(session: Session, job: OutboxJob) -> bool:
+    """Record the running `job` done in the handler's own (last) transaction, so that
+    `run_job` needs no transaction of its own to finish it. If that transaction does not
+    commit, or the handler raises afterwards, the job ends as usual (retried)."""
+    if job.locked_by is None or not mark_done(session, job.id, owner=job.locked_by):
+        return False
+    completed = _completed_in_handler.get()
+    if completed is not None:
+        completed.add(job.id)
+    return True
 
 
 def run_now(services: Services, job_id: int | None, *, owner: str) -> str | None:
@@ -583,7 +618,7 @@ def is_due(services: Services, *, kinds: tuple[str, ...] | None = None) -> bool:
     query = select(OutboxJob.id).where(_due_filter(utcnow())).limit(1)
     if kinds:
         query = query.where(OutboxJob.kind.in_(kinds))
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         return session.scalar(query) is not None
 
 

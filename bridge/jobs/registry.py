@@ -30,7 +30,9 @@ class JobKind:
 # that shows it.
 JOB_KINDS: tuple[JobKind, ...] = (
     JobKind(submission.JOB_SUBMIT_REFUND, submission.submit_refund, submission.submission_dead),
-    JobKind(inbox.JOB_PROCESS_EVENT, inbox.process_event, inbox.event_dead),
+    JobKind(
+        inbox.JOB_PROCESS_EVENT, inbox.process_event, inbox.event_dead, batch=inbox.process_events
+    ),
     JobKind(inbox.JOB_RESOLVE_EVENT, inbox.resolve_event, inbox.event_dead, needs_directus=True),
     JobKind(
         stripe_check.JOB_VERIFY_REFUNDED,

@@ -46,7 +46,7 @@ from bridge.jobs import outbox
 from bridge.ledger import ledger
 from bridge.refunds import approval
 from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
-from bridge.refunds.submission import enqueue_submission
+from bridge.refunds.submission import REQUEST_OWNER_PREFIX, enqueue_submission
 from bridge.store.db import lock_order
 from bridge.store.models import IdempotencyRecord, Refund, RefundSource, RefundStatus, utcnow
 from bridge.web.auth import ROLE_CUSTOMER, Caller
@@ -120,7 +120,7 @@ def request_refund(
     paid_cents = refundable_order(order)
     amount = _requested_amount(request, paid_cents)
 
-    owner = f"request:{uuid.uuid4().hex}"
+    owner = f"{REQUEST_OWNER_PREFIX}{uuid.uuid4().hex}"
     try:
         refund_id, projection_job, submit_job = _record(
             services,
@@ -344,6 +344,7 @@ def _record(
                 order_id=order.id,
                 ridendine_order_id=order.ridendine_order_id,
                 amount_cents=amount,
+                order_paid_cents=paid_cents,
                 currency=order.currency,
                 reason=request.reason,
                 reason_comments=request.reason_comments,
@@ -386,7 +387,7 @@ def _record(
 
 def answer_for_refund(services: Services, refund_id: str) -> Answer:
     """202 with the refund, or 422 when RideNDine rejected it."""
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         refund = session.get(Refund, refund_id)
         if refund is None:  # pragma: no cover - the refund was committed before
             raise RefundNotFound()
@@ -422,7 +423,7 @@ def _earlier_answer(
     when the key is new. Another body with the key is 409."""
     deadline = time.monotonic() + (IDEMPOTENCY_WAIT_SECONDS if wait else 0.0)
     while True:
-        with services.store.session() as session:
+        with services.store.read_session() as session:
             record = session.get(IdempotencyRecord, (scope, key))
             if record is not None:
                 session.expunge(record)

@@ -60,7 +60,7 @@ class _Submission:
 
 def _pending_submission(services: Services, refund_id: str | None) -> _Submission | None:
     """What to send, or None when the refund no longer needs sending."""
-    with services.store.session() as session:
+    with services.store.read_session() as session:
         refund = session.get(Refund, refund_id) if refund_id else None
         if refund is None:
             raise outbox.GiveUp(f"refund {refund_id} is not in the ledger")
@@ -76,6 +76,15 @@ def _pending_submission(services: Services, refund_id: str | None) -> _Submissio
             reason=refund.reason,
             requested_by=refund.requested_by,
         )
+
+
+# The lease owner of jobs a refund request runs inline (bridge/refunds/intake.py).
+REQUEST_OWNER_PREFIX = "request:"
+
+
+def _request_owner(job: OutboxJob) -> str | None:
+    owner = job.locked_by or ""
+    return owner if owner.startswith(REQUEST_OWNER_PREFIX) else None
 
 
 def submit_refund(services: Services, job: OutboxJob) -> None:
@@ -102,10 +111,12 @@ def submit_refund(services: Services, job: OutboxJob) -> None:
             extra={"refund_id": submission.refund_id, "attempt": job.attempts + 1},
         )
         raise outbox.RetryLater(f"RideNDine: {exc}", delay=exc.retry_after) from None
-    _record_acceptance(services, submission.refund_id, accepted)
+    _record_acceptance(services, job, submission.refund_id, accepted)
 
 
-def _record_acceptance(services: Services, refund_id: str, accepted: RefundAccepted) -> None:
+def _record_acceptance(
+    services: Services, job: OutboxJob, refund_id: str, accepted: RefundAccepted
+) -> None:
     with services.store.session() as session:
         refund = session.get(Refund, refund_id)
         if refund is None:
@@ -128,7 +139,11 @@ def _record_acceptance(services: Services, refund_id: str, accepted: RefundAccep
                     source=ledger.SOURCE_RIDENDINE_API,
                 )
         _note(refund, detail)
-        enqueue_projection(session, refund)
+        # Run inside a request, the request projects the refund next (bridge/refunds/
+        # service.py): the projection job queued here is leased to it, so that the worker does
+        # not write the same item meanwhile; if the request dies, the lease runs out.
+        enqueue_projection(session, refund, lease_to=_request_owner(job))
+        outbox.complete_in(session, job)  # done with the change it made: one transaction
     log.info(
         "refund accepted by RideNDine",
         extra={"refund_id": refund_id, "ridendine_refund_id": accepted.refund_id},

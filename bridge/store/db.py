@@ -8,9 +8,12 @@ row lock per order instead (`lock_order`).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,18 @@ from flask import Flask, current_app
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge.store.models import OrderLock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option of the store's read-only sessions (`Store.read_session`).
+READ_ONLY = "bridge_read_only"
+_HOLDS_WRITE_LOCK = "bridge_holds_write_lock"
+# A PostgreSQL connection idle for longer is checked before use (`_ping_when_idle`).
+PING_AFTER_IDLE_SECONDS = 10.0
 
 
 class StoreNotMigrated(Exception):
@@ -59,10 +68,35 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for PING_AFTER_IDLE_SECONDS:
+    SQLAlchemy's `pool_pre_ping` costs a round trip on every checkout, i.e. on every request
+    (docs/performance.md). A connection that dies while in use (the server restarted) fails
+    that transaction, and SQLAlchemy then discards every older connection of the pool."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:
+            # The pool throws this connection away and checks out another.
+            raise DisconnectionError(str(exc)) from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -77,9 +111,81 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
+    # One writer at a time, queued on locks that wake the next writer at once: a Python lock
+    # between the threads of a process, a `flock` on `<database>.write.lock` between
+    # processes; instead of on SQLite's busy handler, which sleeps 1 to 100 ms between tries
+    # (the tail of every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE
+    # until the connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
+    database = engine.url.database
+    on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
+    write_lock = _WriteLock(f"{database}.write.lock" if on_disk else None)
+
+    def release(info: dict[str, Any]) -> None:
+        if info.pop(_HOLDS_WRITE_LOCK, False):
+            write_lock.release()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY):
+            # Reads take no lock in WAL mode: a deferred transaction, a consistent snapshot.
+            connection.exec_driver_sql("BEGIN")
+            return
+        info = connection.info
+        if not info.get(_HOLDS_WRITE_LOCK) and write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
+            info[_HOLDS_WRITE_LOCK] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            release(info)
+            raise
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        release(record.info)
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        release(record.info)
+
+
+class _WriteLock:
+    """The store's write lock of one process: a thread lock, then an exclusive `flock` (the
+    kernel wakes the next process at once, and frees it when its holder dies, even by
+    SIGKILL). Without a lock file (an in-memory database) only the thread lock. A holder
+    only ever waits for SQLite (bounded by its busy timeout), never for another lock."""
+
+    def __init__(self, path: str | None) -> None:
+        self._threads = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int | None:
+        if self._path is None:
+            return None
+        if self._fd is None or self._pid != os.getpid():
+            # Opened anew in each process: a descriptor inherited over fork would share its
+            # lock with the parent.
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._threads.acquire(timeout=timeout):
+            return False  # SQLite's own locking decides (its busy timeout)
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no lock file (read-only folder): SQLite's own locking decides
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
 
 
 def lock_order(session: Session, order_id: str) -> None:
@@ -137,6 +243,11 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessionmaker = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
+        # Per-process writer threads by name (bridge/store/group_commit.py), made on first use.
+        self.writers: dict[str, Any] = {}
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -144,7 +255,18 @@ class Store:
         with self.sessionmaker() as session, session.begin():
             yield session
 
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session that only reads: on SQLite a deferred transaction (no write lock, no
+        wait behind writers in WAL mode), so the many small reads of a request do not queue
+        with the writes."""
+        with self.read_sessionmaker() as session, session.begin():
+            yield session
+
     def dispose(self) -> None:
+        for writer in list(self.writers.values()):
+            writer.stop()
+        self.writers.clear()
         self.engine.dispose()
 
 

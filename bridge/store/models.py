@@ -97,6 +97,10 @@ class Refund(Base):
     amount_cents: Mapped[int] = mapped_column(BigInteger)
     # What RideNDine says was refunded; differs from amount_cents only when flagged for review.
     refunded_amount_cents: Mapped[int | None] = mapped_column(BigInteger)
+    # What the order's customer paid, known when the refund was recorded (from the order the
+    # request read): the worker needs it for the order's payment_status, so it does not read
+    # the order again. None for refunds recorded before it was kept (migration 0003).
+    order_paid_cents: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str] = mapped_column(String(64))
     reason_comments: Mapped[str | None] = mapped_column(Text)

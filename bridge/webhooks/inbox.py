@@ -1,16 +1,18 @@
 """The durable inbox of refund-status webhooks: recording, deduplication and matching.
 
-Recording (`record`): one transaction writes the InboxEvent (raw body, webhook id, the headers
-worth keeping) and a `process_event` outbox job leased to the request; only then is the webhook
-answered 200. A duplicate (the same `webhook-id`, or the same `refund_id` with the same status)
-is recognised by the table's unique constraints, also between concurrent deliveries, and
-changes nothing.
+Recording (`record`): the InboxEvent (raw body, webhook id, the headers worth keeping) and its
+`process_event` outbox job are committed before the webhook is answered 200, by the process's
+inbox writer, which writes the deliveries queued meanwhile in one transaction (group commit,
+bridge/store/group_commit.py). A duplicate (the same `webhook-id`, or the same `refund_id` with the
+same status) is recognised by the table's unique constraints (ON CONFLICT DO NOTHING), also
+between concurrent deliveries, and changes nothing.
 
-Processing, in two outbox jobs so that the webhook's answer never waits for Directus and a crash
-never loses an event:
-- `process_event` (dedupe `event:<id>`, run inline right after the commit): matches the event to
-  a refund of the ledger (by RideNDine's refund id, else the oldest PENDING refund of the order
-  with that amount) and applies the result (bridge/ledger/results.py). No match: `resolve_event`.
+Processing, in two outbox jobs so that the webhook's answer waits for neither the ledger nor
+Directus and a crash never loses an event:
+- `process_event` (dedupe `event:<id>`, run by the worker, a batch of events a transaction):
+  matches the event to a refund of the ledger (by RideNDine's refund id, else the oldest
+  PENDING refund of the order with that amount) and applies the result (bridge/ledger/results.py).
+  No match: `resolve_event`.
 - `resolve_event` (dedupe `resolve:<id>`, run by the worker): matches again (the refund may have
   learnt its RideNDine id meanwhile), waits a little while a submission of that order is still
   in flight, then asks Directus about the order: a known order gets a refund of source
@@ -23,25 +25,30 @@ never loses an event:
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Table, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bridge import metrics
+from bridge import logs, metrics
 from bridge.directus.alerts import enqueue_admin_alert
 from bridge.jobs import outbox
 from bridge.ledger import ledger
 from bridge.ledger.review import flag_for_review
-from bridge.store.db import lock_order
+from bridge.store.db import Store, lock_order
+from bridge.store.group_commit import GroupWriter, WriterTimeout
 from bridge.store.models import (
     InboxEvent,
     InboxState,
     OutboxJob,
+    OutboxState,
     Refund,
     RefundSource,
     RefundStatus,
@@ -111,6 +118,23 @@ def stored_headers(headers: Any) -> dict[str, str]:
 
 # -- recording -------------------------------------------------------------------------------
 
+# How long a request waits for its group to be written before it answers 503 (the partner
+# redelivers; a late commit then makes the redelivery a duplicate, never a loss).
+RECORD_TIMEOUT_SECONDS = 20.0
+# Deliveries written in one transaction at most (the queue rarely holds more than the
+# process's request threads).
+MAX_GROUP = 64
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified, valid webhook, as the request thread hands it to the inbox's writer."""
+
+    webhook_id: str
+    payload: dict[str, Any]
+    raw_body: bytes
+    headers: dict[str, str]
+
 
 def record(
     services: Services,
@@ -119,81 +143,131 @@ def record(
     payload: dict[str, Any],
     raw_body: bytes,
     headers: dict[str, str],
-    owner: str,
-    process: bool = False,
 ) -> Recorded:
-    """Record a verified, valid event with its `process_event` job leased to `owner`, or
-    recognise a duplicate. Raises InboxUnavailable when the store cannot record it.
+    """Record a verified, valid event with its `process_event` job, or recognise a duplicate;
+    return once it is committed. Raises InboxUnavailable when the store cannot record it.
 
-    With `process`, the job's work (matching and applying to the ledger, local only) runs in
-    the same transaction and the job is recorded done: one write transaction per webhook
-    instead of four, which is what the single SQLite writer makes the webhook's answer wait
-    for. That work runs under a savepoint: if it fails, the event is still recorded with its
-    job leased to `owner` (`process_inline` then tries it again, and the worker after the
-    lease)."""
-    key = dedupe_key(payload)
-    processed = False
+    The write goes through the process's inbox writer (bridge/store/group_commit.py): one thread
+    that writes whatever deliveries are queued in one transaction, two statements for the
+    whole group (the events, deduplicated by the table's unique constraints with ON CONFLICT
+    DO NOTHING, then their jobs). Matching and applying are the worker's (`process_event`,
+    a batch at a time): the answer waits only for the record (docs/webhooks.md)."""
+    delivery = Delivery(webhook_id, payload, raw_body, headers)
     try:
-        with services.store.session() as session:
-            existing = session.scalar(
-                select(InboxEvent.id)
-                .where(or_(InboxEvent.webhook_id == webhook_id, InboxEvent.dedupe_key == key))
-                .limit(1)
+        return _writer(services.store).submit(delivery, timeout=RECORD_TIMEOUT_SECONDS)
+    except WriterTimeout as exc:
+        log.error("the inbox could not record a webhook: %s", exc)
+        raise InboxUnavailable("timeout") from exc
+
+
+_WRITER_KEY = "inbox"
+_writer_lock = threading.Lock()
+
+
+def _writer(store: Store) -> GroupWriter[Delivery, Recorded]:
+    writer = store.writers.get(_WRITER_KEY)
+    if writer is None:
+        with _writer_lock:
+            writer = store.writers.get(_WRITER_KEY)
+            if writer is None:
+                writer = GroupWriter(
+                    lambda group: write_deliveries(store, group),
+                    max_group=MAX_GROUP,
+                    name="inbox-writer",
+                )
+                store.writers[_WRITER_KEY] = writer
+    return cast("GroupWriter[Delivery, Recorded]", writer)
+
+
+def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded | BaseException]:
+    """Write a group of deliveries in one transaction; one outcome per delivery."""
+    outcomes: list[Recorded | BaseException | None] = [None] * len(deliveries)
+    fresh: list[int] = []
+    seen_ids: set[str] = set()
+    seen_keys: set[str] = set()
+    for index, delivery in enumerate(deliveries):
+        key = dedupe_key(delivery.payload)
+        if delivery.webhook_id in seen_ids or key in seen_keys:
+            outcomes[index] = Recorded(None, duplicate=True)  # the same event twice at once
+            continue
+        seen_ids.add(delivery.webhook_id)
+        seen_keys.add(key)
+        fresh.append(index)
+    now = utcnow()
+    events = [_event_row(deliveries[index], now) for index in fresh]
+    inserted: dict[str, int] = {}
+    job_ids: dict[str, int] = {}
+    try:
+        with store.engine.begin() as connection:
+            insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+            table = cast(Table, InboxEvent.__table__)
+            # executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT per
+            # batch, from a statement compiled once (its "insertmanyvalues").
+            rows = connection.execute(
+                insert(table)
+                .on_conflict_do_nothing()  # either unique key: a duplicate
+                .returning(table.c.id, table.c.webhook_id),
+                events,
             )
-            if existing is not None:
-                return Recorded(existing, duplicate=True)
-            event = InboxEvent(
-                webhook_id=webhook_id,
-                dedupe_key=key,
-                ridendine_refund_id=payload["refund_id"],
-                external_order_id=payload["external_order_id"],
-                amount_cents=payload["amount_cents"],
-                status=payload["status"],
-                payload=payload,
-                raw_body=raw_body,
-                headers=headers,
-                state=InboxState.RECEIVED,
-                attempts=0,
-                received_at=utcnow(),
-            )
-            session.add(event)
-            session.flush()
-            event_id = event.id
-            job_id = outbox.enqueue(
-                session,
-                JOB_PROCESS_EVENT,
-                f"event:{event.id}",
-                payload={"event_id": event.id},
-                lease_to=owner,
-            )
-            if process and job_id is not None:
-                try:
-                    with session.begin_nested():
-                        _process(services, session, event)
-                        outbox.mark_done(session, job_id, owner=owner)
-                    processed = True
-                except Exception:
-                    log.exception("processing inbox event %s while recording failed", event_id)
-    except IntegrityError:
-        # A concurrent delivery of the same event won the unique constraint.
-        return Recorded(None, duplicate=True)
+            inserted = {str(row.webhook_id): int(row.id) for row in rows}
+            if inserted:
+                jobs = cast(Table, OutboxJob.__table__)
+                rows = connection.execute(
+                    insert(jobs)
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    .returning(jobs.c.id, jobs.c.dedupe_key),
+                    [_job_row(event_id, now) for event_id in inserted.values()],
+                )
+                job_ids = {str(row.dedupe_key): int(row.id) for row in rows}
     except SQLAlchemyError as exc:
-        log.error("the inbox could not record a webhook: %s", type(exc).__name__)
-        raise InboxUnavailable(type(exc).__name__) from exc
-    if processed:
-        metrics.outbox_job_run(JOB_PROCESS_EVENT, "done")
-    return Recorded(event_id, duplicate=False, job_id=None if processed else job_id)
+        log.error("the inbox could not record %d webhook(s): %s", len(fresh), type(exc).__name__)
+        failed = InboxUnavailable(type(exc).__name__)
+        return [failed] * len(deliveries)
+    for index in fresh:
+        event_id = inserted.get(deliveries[index].webhook_id)
+        job_id = job_ids.get(f"event:{event_id}") if event_id is not None else None
+        outcomes[index] = Recorded(event_id, duplicate=event_id is None, job_id=job_id)
+    return [outcome if outcome is not None else Recorded(None, True) for outcome in outcomes]
 
 
-def process_inline(services: Services, recorded: Recorded, *, owner: str) -> None:
-    """Apply a just-recorded event to the ledger now (local work only). A failure leaves the
-    job to the worker once the lease runs out; the event is recorded either way."""
-    if recorded.job_id is None:
-        return
-    try:
-        outbox.run_now(services, recorded.job_id, owner=owner)
-    except Exception:
-        log.exception("inline processing of inbox event %s failed", recorded.event_id)
+def _event_row(delivery: Delivery, now: datetime) -> dict[str, Any]:
+    payload = delivery.payload
+    return {
+        "webhook_id": delivery.webhook_id,
+        "dedupe_key": dedupe_key(payload),
+        "ridendine_refund_id": payload["refund_id"],
+        "external_order_id": payload["external_order_id"],
+        "amount_cents": payload["amount_cents"],
+        "status": payload["status"],
+        "payload": payload,
+        "raw_body": delivery.raw_body,
+        "headers": delivery.headers,
+        "state": InboxState.RECEIVED,
+        "refund_id": None,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "last_error": None,
+        "received_at": now,
+        "processed_at": None,
+    }
+
+
+def _job_row(event_id: int, now: datetime) -> dict[str, Any]:
+    return {
+        "kind": JOB_PROCESS_EVENT,
+        "dedupe_key": f"event:{event_id}",
+        "refund_id": None,
+        "payload": {"event_id": event_id},
+        "state": OutboxState.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "locked_until": None,
+        "locked_by": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+        "done_at": None,
+    }
 
 
 def new_owner(prefix: str) -> str:
@@ -271,6 +345,7 @@ def _outside_refund(
         order_id=event.external_order_id,
         ridendine_order_id=ledger.clean_text(order.get("ridendine_order_id"), 255),
         amount_cents=event.amount_cents,
+        order_paid_cents=ledger.as_cents(order.get(names.amount_paid)),
         currency=currency or services.settings.default_currency,
         reason=ledger.clean_text(payload.get("reason"), 64) or "unspecified",
         reason_comments=ledger.clean_text(payload.get("reason_comments"), 500),
@@ -306,6 +381,48 @@ def process_event(services: Services, job: OutboxJob) -> None:
         if event.state != InboxState.RECEIVED:
             return
         _process(services, session, event)
+
+
+# Events applied in one transaction by the worker at most: short enough that a web process's
+# inbox writer never waits long for SQLite's write lock behind it.
+PROCESS_CHUNK = 25
+
+
+def process_events(
+    services: Services, jobs: list[OutboxJob], context: dict[str, Any]
+) -> dict[int, Exception | None]:
+    """The worker's `process_event` jobs, PROCESS_CHUNK events a transaction: each event
+    under a savepoint, its job recorded done in the same transaction as its work (so the two
+    commit together or not at all). An event whose work fails is rolled back alone and its
+    job ends as the single handler's would (retried, or dead after its schedule)."""
+    owner = str(context["owner"])
+    finished: dict[int, str] = context.setdefault("finished", {})
+    outcomes: dict[int, Exception | None] = {}
+    for start in range(0, len(jobs), PROCESS_CHUNK):
+        chunk = jobs[start : start + PROCESS_CHUNK]
+        done: list[OutboxJob] = []
+        try:
+            with services.store.session() as session:
+                for job in chunk:
+                    try:
+                        with session.begin_nested():
+                            event = _load_event(session, job)
+                            if event.state == InboxState.RECEIVED:
+                                with logs.bound(job_id=job.id, job_kind=job.kind):
+                                    _process(services, session, event)
+                            if not outbox.mark_done(session, job.id, owner=owner):
+                                raise outbox.RetryLater("the lease was lost")
+                        done.append(job)
+                    except Exception as exc:  # noqa: BLE001 - the job's outcome
+                        outcomes[job.id] = exc
+        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of it happened
+            for job in chunk:
+                outcomes.setdefault(job.id, exc)
+            continue
+        for job in done:
+            finished[job.id] = OutboxState.DONE
+            metrics.outbox_job_run(JOB_PROCESS_EVENT, OutboxState.DONE)
+    return outcomes
 
 
 def _process(services: Services, session: Session, event: InboxEvent) -> None:
@@ -349,7 +466,9 @@ def resolve_event(services: Services, job: OutboxJob) -> None:
     names = services.settings.order_fields
     try:
         order = services.directus.find_item(
-            names.collection, order_id, fields=["id", "ridendine_order_id", names.currency]
+            names.collection,
+            order_id,
+            fields=["id", "ridendine_order_id", names.currency, names.amount_paid],
         )
     except DirectusError as exc:
         with services.store.session() as session:

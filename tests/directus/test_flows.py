@@ -406,6 +406,29 @@ def test_request_refund_calls_the_bridge_for_the_user_who_pressed_it(
     admin.close()
 
 
+def test_the_answer_comes_after_the_mails_reached_the_mail_server(
+    refund_flows: dict[str, str], directus_admin: DirectusClient, smtp_sink: SmtpSink
+) -> None:
+    # The bridge records a notification as sent when the Flow answers ok: a mail still under
+    # way then dies with Directus (stopped, restarted) and is never retried.
+    order_id = unique_id("ord")
+    answer = trigger(directus_admin, refund_flows[REFUND_RESULT], result_body(order_id))
+    assert answer["ok"] is True
+    assert len(smtp_sink.matching(order_id)) == 3
+
+
+def test_an_e_mail_the_mail_server_refuses_is_a_refusal_for_the_caller(
+    refund_flows: dict[str, str], directus_admin: DirectusClient, smtp_sink: SmtpSink
+) -> None:
+    # The bridge retries an answer without "ok": true; the mails before it may repeat then.
+    order_id = unique_id("ord")
+    body = result_body(order_id, chef=f"refused-chef-{order_id}@example.com")
+    with pytest.raises(FlowRefused, match="mail_failed"):
+        trigger(directus_admin, refund_flows[REFUND_RESULT], body)
+    # The customer's e-mail went before the chef's failed; the admins' was not tried.
+    assert [m.rcpt_to for m in smtp_sink.matching(order_id)] == [(body["recipients"]["customer"],)]
+
+
 # -- "approve or deny" ------------------------------------------------------------------------
 
 

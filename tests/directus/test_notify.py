@@ -18,8 +18,9 @@ from bridge.ledger.results import apply_result
 from bridge.services import Services
 from bridge.store.models import OutboxState, Refund
 from devstack.directus import DirectusServer
+from devstack.net import wait_until
 from devstack.smtp import SmtpSink
-from directus_client import DirectusClient
+from directus_client import DirectusClient, ForbiddenError
 from tests.support.helpers import make_order, make_settings, make_user, unique_id
 from tests.support.webhook_helpers import (
     drain,
@@ -194,3 +195,49 @@ def test_a_superseded_failed_result_is_not_announced(
     customer_mails = [m for m in mails if customer["email"] in m.rcpt_to]
     assert len(customer_mails) == 1
     assert "did not go through" not in customer_mails[0].subject
+
+
+def test_a_flow_answer_without_ok_is_a_retry_not_a_success(
+    services: Services, directus_admin: DirectusClient, smtp_sink: SmtpSink
+) -> None:
+    # A Flow stopped at an operation this Directus does not know (the extension bundle that
+    # provides `refund-bridge-mail` is not installed) answers 200 with nothing in it.
+    flow = directus_admin.create_flow(
+        {
+            "name": unique_id("flow-without-mail"),
+            "status": "active",
+            "trigger": "webhook",
+            "accountability": None,
+            "options": {"method": "POST", "async": False, "return": "$last"},
+        }
+    )
+    operation = directus_admin.create_operation(
+        {
+            "flow": flow["id"],
+            "key": "mail",
+            "type": "no-such-operation",
+            "position_x": 19,
+            "position_y": 1,
+            "options": {},
+        }
+    )
+    directus_admin.update_flow(flow["id"], {"operation": operation["id"]})
+    try:
+
+        def loaded() -> bool:  # Directus loads a new Flow in the background
+            try:
+                directus_admin.trigger_flow(str(flow["id"]), {})
+            except ForbiddenError:
+                return False
+            return True
+
+        wait_until(loaded, timeout=10, interval=0.2, what="Directus to load the Flow")
+        made = refunded(services, directus_admin)
+        services.extras["flow_id:refund-result"] = str(flow["id"])
+        drain(services)
+        job = notify_job(services)
+        assert job.state == OutboxState.PENDING
+        assert "did not confirm" in (job.last_error or "")
+        settle(smtp_sink, made["order"]["id"], 0)
+    finally:
+        directus_admin.delete_flow(flow["id"])

@@ -225,7 +225,11 @@ def test_the_registry_lists_every_job_kind_the_code_enqueues() -> None:
     assert set(listed) == defined
     registry.register_all()
     assert set(listed) <= set(outbox.HANDLERS)
-    assert outbox.BATCH_ORDER[:3] == ["apply_order", "project_refund", "notify_result"]
+    # The inbox's processing a batch at a time too (its new jobs go to the next batch); the
+    # Directus kinds in the order that makes the e-mail show the order's update.
+    assert "process_event" in outbox.BATCH_ORDER
+    directus_order = [kind for kind in outbox.BATCH_ORDER if kind != "process_event"]
+    assert directus_order[:3] == ["apply_order", "project_refund", "notify_result"]
     assert {
         "apply_order",
         "project_refund",

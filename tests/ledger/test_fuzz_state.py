@@ -43,7 +43,7 @@ from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
 from tests.support import reliability
 from tests.support.helpers import SERVICE_TOKEN, make_order, make_settings, make_user
-from tests.support.webhook_helpers import WEBHOOK_URL, event_body, sign
+from tests.support.webhook_helpers import event_body, post_event
 
 PAID = 10_000
 PROPERTY_SETTINGS = settings(
@@ -158,7 +158,8 @@ class ResultsRun:
         # Copy 0 and 1 share a webhook-id (a redelivery); copy 2 is the same result as a new
         # message (a partner that sends it twice).
         webhook_id = f"msg_{self.partner_ids[event.refund]}_{event.status}_{copy // 2}"
-        answer = self.client.post(WEBHOOK_URL, data=body, headers=sign(body, webhook_id=webhook_id))
+        # post_event: POST, then the worker's processing of what was recorded.
+        answer = post_event(self.client, body, webhook_id=webhook_id)
         assert answer.status_code == 200, answer.get_data(as_text=True)
         assert answer.get_json()["status"] in ("accepted", "duplicate")
 
@@ -408,7 +409,7 @@ def test_the_bridge_never_commits_more_than_was_paid(
                 body = event_body(
                     refund["ridendine_refund_id"], order["id"], refund["amount"], status
                 )
-                answer = target.client.post(WEBHOOK_URL, data=body, headers=sign(body))
+                answer = post_event(target.client, body)
                 assert answer.status_code == 200
             if story == ("FAILED",):
                 committed -= refund["amount"]
@@ -480,11 +481,11 @@ def test_a_failed_refund_refunded_later_is_flagged(
     first = target.client.post("/ridendine/refunds", json=body, headers=headers).get_json()
     partner_id = first["refund"]["ridendine_refund_id"]
     failed = event_body(partner_id, order["id"], 1000, "FAILED")
-    assert target.client.post(WEBHOOK_URL, data=failed, headers=sign(failed)).status_code == 200
+    assert post_event(target.client, failed).status_code == 200
     second = target.client.post("/ridendine/refunds", json=body, headers=headers)
     assert second.status_code == 202
     late = event_body(partner_id, order["id"], 1000, "REFUNDED")
-    assert target.client.post(WEBHOOK_URL, data=late, headers=sign(late)).status_code == 200
+    assert post_event(target.client, late).status_code == 200
 
     with target.services.store.session() as session:
         refund = session.get(Refund, first["refund"]["id"])

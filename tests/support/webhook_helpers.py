@@ -70,7 +70,24 @@ def post_event(
     headers: dict[str, str] | None = None,
     webhook_id: str | None = None,
 ) -> Any:
-    return client.post(WEBHOOK_URL, data=body, headers=headers or sign(body, webhook_id=webhook_id))
+    """POST a webhook, then do what the worker does with a recorded one (`process_received`):
+    the answer waits only for the record, the worker matches and applies it."""
+    response = client.post(
+        WEBHOOK_URL, data=body, headers=headers or sign(body, webhook_id=webhook_id)
+    )
+    if response.status_code == 200:
+        process_received(client.application.extensions["bridge.services"])
+    return response
+
+
+def process_received(services: Services) -> int:
+    """The worker's part for recorded webhooks: their due `process_event` jobs, claimed and run
+    a batch at a time as `refund-bridge worker` runs them; return how many."""
+    ran = 0
+    while ids := outbox.claim(services, owner="test-worker", kinds=("process_event",), limit=300):
+        outbox.run_batch(services, ids, owner="test-worker")
+        ran += len(ids)
+    return ran
 
 
 def make_pending_refund(
@@ -88,6 +105,7 @@ def make_pending_refund(
             order_id=order["id"],
             ridendine_order_id=order["ridendine_order_id"],
             amount_cents=amount_cents or order["amount_paid_cents"],
+            order_paid_cents=order.get("amount_paid_cents"),
             currency=order.get("currency") or "EUR",
             reason=reason,
             requested_by="admin",

@@ -1,6 +1,7 @@
 """The benchmark's quick mode, so that its code cannot rot (the full run is only `make bench`).
 
-Runs every scenario with small N on the session's Directus (with its SMTP sink and the tests'
+Runs every scenario with small N on the session's Directus (the floor scenario with its own
+servers, 1 s runs of wrk, and a throwaway PostgreSQL cluster) (with its SMTP sink and the tests'
 Flow secret), with the bridge under gunicorn, the worker and the sandbox as real processes. The
 figures of so small a run mean little; what is checked is that every scenario ran through with
 no error (every answer right, every order updated, every e-mail sent once, nothing left in the
@@ -40,6 +41,16 @@ def test_the_quick_benchmark_runs_every_scenario_without_errors(
 
     for name in ("ingest", "baseline", "requests", "backlog", "growth"):
         assert results[name]["error_count"] == 0, (name, results[name]["errors"])
+    # The floor: the floor app, then the bridge on SQLite and on PostgreSQL, each measured
+    # by wrk with distinct deliveries, every accepted one recorded.
+    floor = results["floor"]
+    assert floor["error_count"] == 0, floor["runs"]
+    assert set(floor["runs"]) == {"floor", "bridge_sqlite", "bridge_postgresql"}
+    for run_ in floor["runs"].values():
+        assert run_["requests"] > 0 and run_["recorded"] >= run_["requests"] - 16
+        assert run_["errors"]["ran_out_of_deliveries"] == 0
+        assert run_["latency_ms"]["p99"] >= run_["latency_ms"]["p50"] > 0
+    assert set(floor["ratio_to_floor"]) == {"bridge_sqlite", "bridge_postgresql"}
     ingest = results["ingest"]
     assert ingest["answers"]["statuses"] == {"200": 16}
     assert ingest["mails"] == 3 * 16
@@ -56,12 +67,14 @@ def test_the_quick_benchmark_runs_every_scenario_without_errors(
     assert memory["worker_process"]["peak_mib"] > 0
 
     names = [target["name"] for target in results["targets"]]
-    assert len(names) == 8 and names[0] == "errors"
+    assert len(names) == 13 and names[0] == "errors"
+    assert "ingest / floor, requests per second, SQLite" in names
     assert results["targets"][0]["pass"] is True
     checked = [
         report.Target(t["name"], t["limit"], t["value"], t["pass"]) for t in results["targets"]
     ]
     table = report.table(results, checked)
-    assert "1. webhook ingest" in table and "5. growth" in table and "PASS  errors" in table
+    assert "0. ingest against the floor" in table and "1. webhook ingest" in table
+    assert "5. growth" in table and "PASS  errors" in table
     path = write_results(results, tmp_path / "results")
     assert json.loads(path.read_text())["ingest"]["n"] == 16

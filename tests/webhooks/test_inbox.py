@@ -23,6 +23,7 @@ from tests.support.webhook_helpers import (
     WEBHOOK_URL,
     drain_inbox,
     event_body,
+    inbox_count,
     jobs,
     load_refund,
     make_due,
@@ -168,20 +169,45 @@ def test_a_crash_after_recording_loses_nothing(services: Services) -> None:
         payload=parse_event(body),
         raw_body=body,
         headers={},
-        owner="a-web-process-that-died",
     )
-    assert not recorded.duplicate
-    # The request died before processing it inline: the job is leased, the worker waits.
-    assert drain_inbox(services) == 0
+    assert not recorded.duplicate and recorded.job_id is not None
+    # The web process dies right after the commit: the event and its job are in the store,
+    # nothing applied yet; the worker applies it.
     assert load_refund(services, refund_id).status == "PENDING"
-    with services.store.session() as session:
-        session.execute(
-            update(OutboxJob)
-            .where(OutboxJob.id == recorded.job_id)
-            .values(locked_until=utcnow() - timedelta(seconds=1))
-        )
+    [job] = jobs(services, "process_event")
+    assert job.state == OutboxState.PENDING and job.locked_by is None
     assert drain_inbox(services) == 1
     assert load_refund(services, refund_id).status == "REFUNDED"
+    assert the_event(services).state == InboxState.APPLIED
+
+
+def test_a_group_of_deliveries_is_recorded_in_one_transaction_with_duplicates_told(
+    services: Services,
+) -> None:
+    order = an_order()
+    ridendine_id = new_ridendine_id()
+    body = event_body(ridendine_id, order["id"], 5000)
+    other = event_body(new_ridendine_id(), order["id"], 1000, "FAILED")
+    payload, other_payload = parse_event(body), parse_event(other)
+    first = inbox.Delivery("msg_group_1", payload, body, {})
+    outcomes = inbox.write_deliveries(
+        services.store,
+        [
+            first,
+            inbox.Delivery("msg_group_1", payload, body, {}),  # the same delivery again
+            inbox.Delivery("msg_group_2", payload, body, {}),  # the same result, new id
+            inbox.Delivery("msg_group_3", other_payload, other, {}),
+        ],
+    )
+    assert [getattr(o, "duplicate", None) for o in outcomes] == [False, True, True, False]
+    # Against what is stored already: duplicates too, and nothing new written.
+    again = inbox.write_deliveries(services.store, [first])
+    assert [getattr(o, "duplicate", None) for o in again] == [True]
+    assert inbox_count(services) == 2
+    assert [job.payload["event_id"] for job in jobs(services, "process_event")] == [
+        outcomes[0].event_id,  # type: ignore[union-attr]
+        outcomes[3].event_id,  # type: ignore[union-attr]
+    ]
 
 
 def test_with_a_stripe_key_a_refunded_result_waits_for_stripe(database_url: str) -> None:
@@ -210,8 +236,8 @@ def test_processing_that_keeps_failing_ends_failed_and_alerts(
         payload=parse_event(body),
         raw_body=body,
         headers={},
-        owner="me",
     )
+    assert outbox.claim(services, owner="me", kinds=("process_event",)) == [recorded.job_id]
 
     def broken(*_args: Any) -> None:
         raise RuntimeError("the ledger is broken")
@@ -258,6 +284,7 @@ def test_concurrent_duplicates_on_postgresql_are_recorded_once(postgres_url: str
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(answers) == ["200 accepted"] + ["200 duplicate"] * 9
+    drain_inbox(services)
     refund = load_refund(services, refund_id)
     assert [change.to_status for change in refund.history] == ["PENDING", "REFUNDED"]
     assert len(jobs(services, "notify_result")) == 1
