@@ -228,7 +228,9 @@ def _safe(exc: DirectusError) -> str:
     return f"{type(exc).__name__}: {exc.message}"
 
 
-def notify_result(services: Services, job: OutboxJob) -> None:
+def _refund_still_at(services: Services, job: OutboxJob, what: str) -> Refund | None:
+    """The job's refund, or None when a later result superseded the job's status (FAILED, then
+    REFUNDED before we could tell): only the refund's current result is worth an e-mail."""
     status = str(job.payload.get("status") or "")
     with services.store.session() as session:
         refund = session.get(Refund, job.refund_id)
@@ -236,14 +238,21 @@ def notify_result(services: Services, job: OutboxJob) -> None:
             raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
         session.expunge(refund)
     if refund.status != status:
-        # A later result superseded this one (FAILED, then REFUNDED before we could tell):
-        # only the refund's current result is worth an e-mail.
         log.info(
-            "notification skipped: the refund is now %s",
+            "%s skipped: the refund is now %s",
+            what,
             refund.status,
             extra={"refund_id": refund.id, "job_id": job.id},
         )
+        return None
+    return refund
+
+
+def notify_result(services: Services, job: OutboxJob) -> None:
+    refund = _refund_still_at(services, job, "notification")
+    if refund is None:
         return
+    status = refund.status
     try:
         order = load_order(services, refund.order_id)
         body = result_body(services, refund, order)
@@ -258,18 +267,8 @@ def notify_result(services: Services, job: OutboxJob) -> None:
 
 def notify_result_admins(services: Services, job: OutboxJob) -> None:
     """The admins' part of a result's notification, when they could not be found at first."""
-    status = str(job.payload.get("status") or "")
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id)
-        if refund is None:
-            raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
-        session.expunge(refund)
-    if refund.status != status:
-        log.info(
-            "admins' notification skipped: the refund is now %s",
-            refund.status,
-            extra={"refund_id": refund.id, "job_id": job.id},
-        )
+    refund = _refund_still_at(services, job, "admins' notification")
+    if refund is None:
         return
     try:
         admins = admin_recipients(services)
