@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help test check lint typecheck pytest dev demo install directus postgres wrk bench clean openapi
+.PHONY: help test check lint typecheck pytest dev demo install directus postgres chromium wrk bench clean openapi
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,7 +34,10 @@ lint: $(STAMP)  ## ruff lint and format check
 typecheck: $(STAMP)  ## mypy on our packages
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) directus postgres  ## the whole pytest suite (real Directus, SMTP sink, PostgreSQL)
+chromium:  ## make sure Debian's Chromium is there for the browser tests (tests/browser/)
+	bash scripts/ensure-chromium.sh
+
+pytest: $(STAMP) directus postgres chromium  ## the whole pytest suite (real Directus, SMTP sink, PostgreSQL, Chromium)
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest  ## everything CI runs: lint, types, all tests

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.config import Settings
 from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
+from bridge.directus.in_app import JOB_NOTIFY_IN_APP
 from bridge.jobs import outbox, registry
 from bridge.ledger.review import flag_job_refund
 from bridge.services import Services, build_services
@@ -139,7 +140,8 @@ def sqlite_path(store: store_db.Store) -> str | None:
 # -- dead jobs: never silent ------------------------------------------------------------------
 
 # Alerts are how admins hear of dead jobs; a dead alert can only be logged (the outbox does).
-NO_FALLBACK_KINDS = frozenset({JOB_ALERT_ADMINS})
+# The same for an in-app notification: its e-mail alert went its own way.
+NO_FALLBACK_KINDS = frozenset({JOB_ALERT_ADMINS, JOB_NOTIFY_IN_APP})
 
 
 def install_dead_fallback(kinds: tuple[str, ...]) -> list[str]:

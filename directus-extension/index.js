@@ -278,32 +278,34 @@ export function registerRoutes(router, { env, logger = console, fetchImpl = glob
 		);
 	}
 
+	// The GET routes go to the bridge whole: the same path and the caller's query string
+	// (`stats?month=`, `?order_id=`). `stats` is registered before `:id`, which would catch it.
+	const forwardGet = (bridgePath) =>
+		asUser((req, res, headers) =>
+			relay(res, {
+				config,
+				fetchImpl,
+				logger,
+				method: 'GET',
+				path: bridgePath(req) + queryOf(req.originalUrl ?? req.url ?? ''),
+				headers,
+			}),
+		);
 	router.get(
 		'/refunds',
-		asUser((req, res, headers) =>
-			relay(res, {
-				config,
-				fetchImpl,
-				logger,
-				method: 'GET',
-				path: '/ridendine/refunds' + queryOf(req.originalUrl ?? req.url ?? ''),
-				headers,
-			}),
-		),
+		forwardGet(() => '/ridendine/refunds'),
 	);
-
+	router.get(
+		'/refunds/stats',
+		forwardGet(() => '/ridendine/refunds/stats'),
+	);
 	router.get(
 		'/refunds/:id',
-		asUser((req, res, headers) =>
-			relay(res, {
-				config,
-				fetchImpl,
-				logger,
-				method: 'GET',
-				path: '/ridendine/refunds/' + encodeURIComponent(req.params.id),
-				headers,
-			}),
-		),
+		forwardGet((req) => '/ridendine/refunds/' + encodeURIComponent(req.params.id)),
+	);
+	router.get(
+		'/openapi.json',
+		forwardGet(() => '/ridendine/openapi.json'),
 	);
 
 	// RideNDine's result webhook: no Directus user; the bridge checks the signature over the

@@ -56,13 +56,14 @@ def dashboard() -> None:
 @one_line_errors
 def dashboard_sync(dry_run: bool) -> None:
     """Create or update the dashboard and its panels (idempotent)."""
-    from bridge.directus.dashboard import sync_dashboard
+    from bridge.directus.dashboard import refunds_dashboard, sync_dashboard
     from bridge.services import make_directus
 
     settings = settings_from_env()
     client = make_directus(settings)
     try:
-        result = sync_dashboard(client, dry_run=dry_run)
+        dashboard = refunds_dashboard(settings.default_currency)
+        result = sync_dashboard(client, dashboard, dry_run=dry_run)
     finally:
         client.close()
     prefix = "would " if dry_run else ""

@@ -3,7 +3,11 @@
 Admins see refunds per day, amount per day, refunds by reason and by status, what is pending,
 the list of refunds that need review and the customers' requests waiting for approval, without
 leaving the Directus app; the sync also keeps the refunds list's "Waiting for approval"
-bookmark. All panels read the `refunds` collection (the bridge's projection of its ledger).
+bookmark. All panels read the `refunds` collection (the bridge's projection of its ledger);
+amounts are shown as money
+(`15.00 EUR`), per currency. The app loads every panel in one GraphQL query, which Directus
+refuses whole if one panel's query is invalid: tests/directus/test_dashboard.py sends it
+the same way.
 
 The dashboard and each panel carry a marker in their `note` (`[refund-bridge:<key>]`), the
 stable key the sync finds them by: `sync_dashboard` creates what is missing, updates what
@@ -19,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.directus.schema import REFUNDS_LIST_FIELDS
+from bridge.ledger.money import currency_exponent
 from directus_client import DirectusClient
 
 DASHBOARD_KEY = "refunds-dashboard"
@@ -83,173 +89,214 @@ REVIEW = {"needs_review": {"_eq": True}}
 REFUNDED = {"status": {"_eq": "REFUNDED"}}
 PENDING = {"status": {"_eq": "PENDING"}}
 WAITING = {"status": {"_eq": "REQUESTED"}}  # the refund policy: waiting for an admin
-
-PANELS: tuple[Panel, ...] = (
-    Panel(
-        key="pending",
-        name="Pending",
-        type="metric",
-        icon="hourglass_top",
-        position=(1, 1, 14, 8),
-        note="Refunds waiting for RideNDine's result.",
-        options={
-            "collection": REFUNDS,
-            "field": "id",
-            "function": "count",
-            "filter": PENDING,
-            "numberStyle": "decimal",
-            "notation": "standard",
-        },
-    ),
-    Panel(
-        key="needs_review_count",
-        name="Need review",
-        type="metric",
-        icon="flag",
-        position=(15, 1, 14, 8),
-        note="Refunds flagged for a person (see the list below).",
-        color="#E35169",
-        options={
-            "collection": REFUNDS,
-            "field": "id",
-            "function": "count",
-            "filter": REVIEW,
-            "numberStyle": "decimal",
-            "notation": "standard",
-        },
-    ),
-    Panel(
-        key="refunded_30_days",
-        name="Refunded, last 30 days (cents)",
-        type="metric",
-        icon="payments",
-        position=(29, 1, 20, 8),
-        note="Sum of REFUNDED refunds requested in the last 30 days, all currencies, in cents.",
-        options={
-            "collection": REFUNDS,
-            "field": "amount_cents",
-            "function": "sum",
-            "filter": {"_and": [REFUNDED, {"created_at": {"_gte": "$NOW(-30 days)"}}]},
-            "numberStyle": "decimal",
-            "notation": "standard",
-        },
-    ),
-    Panel(
-        key="refunds_per_day",
-        name="Refunds per day",
-        type="time-series",
-        icon="show_chart",
-        position=(1, 9, 30, 16),
-        note="Refunds requested per day (all statuses), last 30 days.",
-        options={
-            "collection": REFUNDS,
-            "function": "count",
-            "precision": "day",
-            "dateField": "created_at",
-            "valueField": "id",
-            "range": "1 month",
-            "decimals": 0,
-            "curveType": "straight",
-            "fillType": "gradient",
-            "showXAxis": True,
-            "showYAxis": True,
-        },
-    ),
-    Panel(
-        key="amount_per_day",
-        name="Amount refunded per day (cents)",
-        type="time-series",
-        icon="stacked_line_chart",
-        position=(31, 9, 30, 16),
-        note="Sum of REFUNDED refunds per day they were requested, in cents, last 30 days.",
-        options={
-            "collection": REFUNDS,
-            "function": "sum",
-            "precision": "day",
-            "dateField": "created_at",
-            "valueField": "amount_cents",
-            "range": "1 month",
-            "filter": REFUNDED,
-            "decimals": 0,
-            "curveType": "straight",
-            "fillType": "gradient",
-            "showXAxis": True,
-            "showYAxis": True,
-        },
-    ),
-    Panel(
-        key="by_reason",
-        name="By reason",
-        type="pie-chart",
-        icon="pie_chart",
-        position=(1, 25, 30, 16),
-        note="All refunds by reason.",
-        options={
-            "collection": REFUNDS,
-            "column": "reason",
-            "function": "count",
-            "donut": True,
-            "showLabels": True,
-            "legend": "right",
-        },
-    ),
-    Panel(
-        key="by_status",
-        name="By status",
-        type="bar-chart",
-        icon="bar_chart",
-        position=(31, 25, 30, 16),
-        note="All refunds by status.",
-        options={
-            "collection": REFUNDS,
-            "xAxis": "status",
-            "yAxis": "id",
-            "function": "count",
-            "decimals": 0,
-            "showAxisLabels": "both",
-            "showDataLabel": True,
-        },
-    ),
-    Panel(
-        key="needs_review_list",
-        name="Refunds that need review",
-        type="list",
-        icon="rule",
-        position=(1, 41, 60, 20),
-        note="Most recently changed first; open one to see its history and review reason.",
-        color="#E35169",
-        options={
-            "collection": REFUNDS,
-            "limit": 50,
-            "sortField": "updated_at",
-            "sortDirection": "desc",
-            "displayTemplate": "{{id}} · order {{order_id}} · {{amount_cents}} {{currency}} · "
-            "{{status}} · {{review_reason}}",
-            "linkToItem": True,
-            "filter": REVIEW,
-        },
-    ),
-    Panel(
-        key="waiting_for_approval",
-        name="Waiting for approval",
-        type="list",
-        icon="pending_actions",
-        position=(1, 61, 60, 20),
-        note="Customers' requests waiting for an admin, oldest first; open one and run \"approve "
-        'or deny".',
-        color="#3399FF",
-        options={
-            "collection": REFUNDS,
-            "limit": 50,
-            "sortField": "created_at",
-            "sortDirection": "asc",
-            "displayTemplate": "{{id}} · {{amount_cents}} {{currency}} · {{reason}} · "
-            "{{created_at}}",
-            "linkToItem": True,
-            "filter": WAITING,
-        },
-    ),
+LAST_30_DAYS = {"created_at": {"_gte": "$NOW(-30 days)"}}
+# The list panel's line; `order_id.id` names the order's key (a many-to-one needs sub-fields
+# in Directus's GraphQL, which the app uses for every panel).
+REVIEW_LIST_TEMPLATE = (
+    "{{id}} · order {{order_id.id}} · {{amount}} · {{status}} · {{review_reason}}"
 )
+
+
+def refund_panels(currency: str = "EUR") -> tuple[Panel, ...]:
+    """The panels; `currency` (BRIDGE_DEFAULT_CURRENCY) is the one whose totals are shown as
+    money in a figure and a daily chart; the bar chart has every currency side by side.
+
+    Sums read `amount_value` (the amount in the currency's units, a decimal): Directus 11.3.5's
+    GraphQL offers no `sum` over the bigInteger cents (docs/directus.md, "The dashboard").
+    """
+    currency = currency.upper()
+    digits = currency_exponent(currency)
+    in_currency = {"currency": {"_eq": currency}}
+    return (
+        Panel(
+            key="pending",
+            name="Pending",
+            type="metric",
+            icon="hourglass_top",
+            position=(1, 1, 12, 8),
+            note="Refunds waiting for RideNDine's result.",
+            options={
+                "collection": REFUNDS,
+                "field": "id",
+                "function": "count",
+                "filter": PENDING,
+                "numberStyle": "decimal",
+                "notation": "standard",
+            },
+        ),
+        Panel(
+            key="needs_review_count",
+            name="Need review",
+            type="metric",
+            icon="flag",
+            position=(13, 1, 12, 8),
+            note="Refunds flagged for a person (see the list below).",
+            color="#E35169",
+            options={
+                "collection": REFUNDS,
+                "field": "id",
+                "function": "count",
+                "filter": REVIEW,
+                "numberStyle": "decimal",
+                "notation": "standard",
+            },
+        ),
+        Panel(
+            key="refunded_30_days",
+            name=f"Refunded, last 30 days ({currency})",
+            type="metric",
+            icon="payments",
+            position=(25, 1, 16, 8),
+            note=f"REFUNDED refunds in {currency} requested in the last 30 days (other "
+            "currencies: the chart beside).",
+            options={
+                "collection": REFUNDS,
+                "field": "amount_value",
+                "function": "sum",
+                "filter": {"_and": [REFUNDED, in_currency, LAST_30_DAYS]},
+                "numberStyle": "decimal",
+                "notation": "standard",
+                "suffix": f" {currency}",
+                "minimumFractionDigits": digits,
+                "maximumFractionDigits": digits,
+            },
+        ),
+        Panel(
+            key="refunded_by_currency",
+            name="Refunded by currency, last 30 days",
+            type="bar-chart",
+            icon="currency_exchange",
+            position=(41, 1, 20, 8),
+            note="REFUNDED refunds requested in the last 30 days, summed per currency, in each "
+            "currency's units.",
+            options={
+                "collection": REFUNDS,
+                "xAxis": "currency",
+                "yAxis": "amount_value",
+                "function": "sum",
+                "filter": {"_and": [REFUNDED, LAST_30_DAYS]},
+                "decimals": 2,
+                "showAxisLabels": "both",
+                "showDataLabel": True,
+            },
+        ),
+        Panel(
+            key="refunds_per_day",
+            name="Refunds per day",
+            type="time-series",
+            icon="show_chart",
+            position=(1, 9, 30, 16),
+            note="Refunds requested per day (all statuses), last 30 days.",
+            options={
+                "collection": REFUNDS,
+                "function": "count",
+                "precision": "day",
+                "dateField": "created_at",
+                "valueField": "id",
+                "range": "1 month",
+                "decimals": 0,
+                "curveType": "straight",
+                "fillType": "gradient",
+                "showXAxis": True,
+                "showYAxis": True,
+            },
+        ),
+        Panel(
+            key="amount_per_day",
+            name=f"Amount refunded per day ({currency})",
+            type="time-series",
+            icon="stacked_line_chart",
+            position=(31, 9, 30, 16),
+            note=f"REFUNDED refunds in {currency} per day they were requested, last 30 days.",
+            options={
+                "collection": REFUNDS,
+                "function": "sum",
+                "precision": "day",
+                "dateField": "created_at",
+                "valueField": "amount_value",
+                "range": "1 month",
+                "filter": {"_and": [REFUNDED, in_currency]},
+                "decimals": digits,
+                "curveType": "straight",
+                "fillType": "gradient",
+                "showXAxis": True,
+                "showYAxis": True,
+            },
+        ),
+        Panel(
+            key="by_reason",
+            name="By reason",
+            type="pie-chart",
+            icon="pie_chart",
+            position=(1, 25, 30, 16),
+            note="All refunds by reason.",
+            options={
+                "collection": REFUNDS,
+                "column": "reason",
+                "function": "count",
+                "donut": True,
+                "showLabels": True,
+                "legend": "right",
+            },
+        ),
+        Panel(
+            key="by_status",
+            name="By status",
+            type="bar-chart",
+            icon="bar_chart",
+            position=(31, 25, 30, 16),
+            note="All refunds by status.",
+            options={
+                "collection": REFUNDS,
+                "xAxis": "status",
+                "yAxis": "id",
+                "function": "count",
+                "decimals": 0,
+                "showAxisLabels": "both",
+                "showDataLabel": True,
+            },
+        ),
+        Panel(
+            key="needs_review_list",
+            name="Refunds that need review",
+            type="list",
+            icon="rule",
+            position=(1, 41, 60, 20),
+            note="Most recently changed first; open one to see its history and review reason.",
+            color="#E35169",
+            options={
+                "collection": REFUNDS,
+                "limit": 50,
+                "sortField": "updated_at",
+                "sortDirection": "desc",
+                "displayTemplate": REVIEW_LIST_TEMPLATE,
+                "linkToItem": True,
+                "filter": REVIEW,
+            },
+        ),
+        Panel(
+            key="waiting_for_approval",
+            name="Waiting for approval",
+            type="list",
+            icon="pending_actions",
+            position=(1, 61, 60, 20),
+            note="Customers' requests waiting for an admin, oldest first; open one and run "
+            '"approve or deny".',
+            color="#3399FF",
+            options={
+                "collection": REFUNDS,
+                "limit": 50,
+                "sortField": "created_at",
+                "sortDirection": "asc",
+                "displayTemplate": "{{id}} · {{amount}} · {{reason}} · {{created_at}}",
+                "linkToItem": True,
+                "filter": WAITING,
+            },
+        ),
+    )
+
+
+PANELS: tuple[Panel, ...] = refund_panels()
 
 # The refunds list's saved view (a global bookmark) of the requests waiting for an admin.
 WAITING_PRESET: Item = {
@@ -261,7 +308,7 @@ WAITING_PRESET: Item = {
     "color": "#3399FF",
     "layout": "tabular",
     "filter": WAITING,
-    "layout_query": {"tabular": {"sort": ["created_at"]}},
+    "layout_query": {"tabular": {"fields": REFUNDS_LIST_FIELDS, "sort": ["created_at"], "page": 1}},
 }
 
 
@@ -309,14 +356,19 @@ class Dashboard:
         }
 
 
-REFUNDS_DASHBOARD = Dashboard(
-    key=DASHBOARD_KEY,
-    name="Refunds",
-    icon="currency_exchange",
-    note="Refunds through RideNDine, kept up to date by refund-bridge (`refund-bridge "
-    "dashboard sync`); panels added by hand are kept.",
-    panels=PANELS,
-)
+def refunds_dashboard(currency: str = "EUR") -> Dashboard:
+    """The "Refunds" dashboard, its money figures in `currency` (BRIDGE_DEFAULT_CURRENCY)."""
+    return Dashboard(
+        key=DASHBOARD_KEY,
+        name="Refunds",
+        icon="currency_exchange",
+        note="Refunds through RideNDine, kept up to date by refund-bridge (`refund-bridge "
+        "dashboard sync`); panels added by hand are kept.",
+        panels=refund_panels(currency),
+    )
+
+
+REFUNDS_DASHBOARD = refunds_dashboard()
 
 
 @dataclass

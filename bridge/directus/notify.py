@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from bridge.jobs import outbox
 from bridge.ledger import ledger
+from bridge.ledger.money import format_amount
 from bridge.store.models import OutboxJob, Refund, RefundStatus
 from directus_client import DirectusError, ForbiddenError, NotFoundError
 from flows import REFUND_RESULT
@@ -43,34 +44,6 @@ JOB_NOTIFY_ADMINS = "notify_result_admins"
 KIND_REFUND_RESULT = "refund_result"
 KIND_ADMIN_ALERT = "admin_alert"
 ADMIN_EMAILS_TTL_SECONDS = 300.0
-
-# ISO 4217 minor units that are not 2 (the rest of the world uses cents).
-_CURRENCY_EXPONENTS = {
-    **dict.fromkeys(
-        [
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "UYI",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ],
-        0,
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-}
-
 
 # -- enqueueing (inside the caller's transaction) --------------------------------------------
 
@@ -87,15 +60,6 @@ def enqueue_notify_result(session: Session, refund: Refund, status: str) -> int 
 
 
 # -- what the Flow receives ------------------------------------------------------------------
-
-
-def format_amount(cents: int, currency: str) -> str:
-    """Integer minor units as text: 5000 EUR -> "50.00 EUR", 500 JPY -> "500 JPY"."""
-    exponent = _CURRENCY_EXPONENTS.get(currency.upper(), 2)
-    sign = "-" if cents < 0 else ""
-    whole, minor = divmod(abs(cents), 10**exponent)
-    number = f"{whole}.{minor:0{exponent}d}" if exponent else str(whole)
-    return f"{sign}{number} {currency.upper()}"
 
 
 def refund_summary(refund: Refund) -> dict[str, Any]:
@@ -264,7 +228,9 @@ def _safe(exc: DirectusError) -> str:
     return f"{type(exc).__name__}: {exc.message}"
 
 
-def notify_result(services: Services, job: OutboxJob) -> None:
+def _refund_still_at(services: Services, job: OutboxJob, what: str) -> Refund | None:
+    """The job's refund, or None when a later result superseded the job's status (FAILED, then
+    REFUNDED before we could tell): only the refund's current result is worth an e-mail."""
     status = str(job.payload.get("status") or "")
     with services.store.session() as session:
         refund = session.get(Refund, job.refund_id)
@@ -272,14 +238,21 @@ def notify_result(services: Services, job: OutboxJob) -> None:
             raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
         session.expunge(refund)
     if refund.status != status:
-        # A later result superseded this one (FAILED, then REFUNDED before we could tell):
-        # only the refund's current result is worth an e-mail.
         log.info(
-            "notification skipped: the refund is now %s",
+            "%s skipped: the refund is now %s",
+            what,
             refund.status,
             extra={"refund_id": refund.id, "job_id": job.id},
         )
+        return None
+    return refund
+
+
+def notify_result(services: Services, job: OutboxJob) -> None:
+    refund = _refund_still_at(services, job, "notification")
+    if refund is None:
         return
+    status = refund.status
     try:
         order = load_order(services, refund.order_id)
         body = result_body(services, refund, order)
@@ -294,18 +267,8 @@ def notify_result(services: Services, job: OutboxJob) -> None:
 
 def notify_result_admins(services: Services, job: OutboxJob) -> None:
     """The admins' part of a result's notification, when they could not be found at first."""
-    status = str(job.payload.get("status") or "")
-    with services.store.session() as session:
-        refund = session.get(Refund, job.refund_id)
-        if refund is None:
-            raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
-        session.expunge(refund)
-    if refund.status != status:
-        log.info(
-            "admins' notification skipped: the refund is now %s",
-            refund.status,
-            extra={"refund_id": refund.id, "job_id": job.id},
-        )
+    refund = _refund_still_at(services, job, "admins' notification")
+    if refund is None:
         return
     try:
         admins = admin_recipients(services)

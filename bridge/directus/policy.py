@@ -139,7 +139,13 @@ def bridge_grants(
             "create",
             ("recipient", "subject", "message", "collection", "item"),
             "tell admins in the Directus app of a refund waiting for their decision "
-            "(contract section 1a)",
+            "(contract section 1a) or needing review",
+        ),
+        Grant(
+            "directus_notifications",
+            "read",
+            ("recipient", "subject", "collection", "item"),
+            "tell each admin only once of a refund needing review when the notice is retried",
         ),
         Grant(
             "directus_flows",
@@ -162,6 +168,12 @@ def bridge_grants(
         ),
         Grant("directus_fields", "read", ("*",), "(`check`) verify the schema"),
         Grant("directus_relations", "read", ("*",), "(`check`) verify the schema"),
+        Grant(
+            "directus_presets",
+            "read",
+            ("*",),
+            "(`check`) verify the refunds list's shared layout and bookmarks",
+        ),
     )
 
 

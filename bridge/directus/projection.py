@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from bridge.jobs import outbox
 from bridge.ledger.ledger import history_to_list, refund_to_dict
+from bridge.ledger.money import format_amount, major_units
 from bridge.store.models import OutboxJob, Refund
 from directus_client import InvalidForeignKeyError, NotFoundError, RecordNotUniqueError
 
@@ -37,6 +38,9 @@ REFUND_ITEM_FIELDS = (
     "amount_cents",
     "refunded_amount_cents",
     "currency",
+    "amount",
+    "refunded_amount",
+    "amount_value",
     "reason",
     "reason_comments",
     "requested_by",
@@ -59,9 +63,18 @@ REFUND_ITEM_FIELDS = (
 
 def refund_item(refund: Refund) -> dict[str, Any]:
     """The Directus item for a refund: the API's fields (`order_id` is the many-to-one to the
-    order there) with the history as `status_history`."""
+    order there) with the history as `status_history`, and the amounts as people read them:
+    `amount`/`refunded_amount` as text (`15.00 EUR`) and `amount_value` in the currency's units
+    for Insights' sums (docs/directus.md, "How money is shown"). The cents stay the truth."""
     item = refund_to_dict(refund)
     item["status_history"] = history_to_list(refund)
+    item["amount"] = format_amount(refund.amount_cents, refund.currency)
+    item["refunded_amount"] = (
+        format_amount(refund.refunded_amount_cents, refund.currency)
+        if refund.refunded_amount_cents is not None
+        else None
+    )
+    item["amount_value"] = str(major_units(refund.amount_cents, refund.currency))
     return item
 
 

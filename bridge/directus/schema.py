@@ -82,36 +82,155 @@ def _choices(name: str, values: list[str], **meta: Any) -> dict[str, Any]:
     }
 
 
-# Every field of the refunds item but the primary key and the relation to the order.
+def _decimal(name: str, **meta: Any) -> dict[str, Any]:
+    return {
+        "field": name,
+        # Scale 3: every ISO 4217 currency's minor units fit (KWD has 3, EUR 2, JPY 0).
+        "type": "decimal",
+        "schema": {"numeric_precision": 18, "numeric_scale": 3},
+        "meta": {"interface": "input", **meta},
+    }
+
+
+def _label(text: str) -> list[dict[str, str]]:
+    """A field's or collection's name as people read it (Directus's field translations)."""
+    return [{"language": "en-US", "translation": text}]
+
+
+_DATETIME_DISPLAY: dict[str, Any] = {
+    "display": "datetime",
+    "display_options": {"format": "short", "relative": False},
+}
+_STATUS_DISPLAY_OPTIONS: dict[str, Any] = {
+    "choices": [
+        {
+            "text": "Requested",
+            "value": "REQUESTED",
+            "foreground": "#FFFFFF",
+            "background": "#3399FF",
+        },
+        {"text": "Pending", "value": "PENDING", "foreground": "#FFFFFF", "background": "#FFA439"},
+        {"text": "Refunded", "value": "REFUNDED", "foreground": "#FFFFFF", "background": "#2ECDA7"},
+        {"text": "Failed", "value": "FAILED", "foreground": "#FFFFFF", "background": "#E35169"},
+        {"text": "Denied", "value": "DENIED", "foreground": "#FFFFFF", "background": "#A2B5CD"},
+    ]
+}
+
+# Every field of the refunds item but the primary key and the relation to the order. `sort`
+# orders the item page: what a person needs first, the bridge's bookkeeping last. The cents
+# fields are the source of truth but hidden in the app: people read `amount` ("15.00 EUR").
 REFUND_FIELDS: list[dict[str, Any]] = [
-    _string("ridendine_order_id", readonly=True),
-    _integer("amount_cents", readonly=True, note="integer cents"),
-    _integer("refunded_amount_cents", readonly=True, note="what RideNDine refunded, cents"),
-    _string("currency", readonly=True),
-    _string("reason", readonly=True),
-    _text("reason_comments", readonly=True),
-    _choices("requested_by", ["customer", "admin", "ridendine"], readonly=True),
-    _string("requested_by_user", readonly=True),
-    _json("items", readonly=True),
-    _choices("status", ["REQUESTED", "PENDING", "REFUNDED", "FAILED", "DENIED"], readonly=True),
-    _string("ridendine_refund_id", readonly=True),
-    _choices("source", ["cooco", "ridendine"], readonly=True),
+    _choices(
+        "status",
+        ["REQUESTED", "PENDING", "REFUNDED", "FAILED", "DENIED"],
+        readonly=True,
+        sort=1,
+        translations=_label("Status"),
+        display_options=_STATUS_DISPLAY_OPTIONS,
+        note="REQUESTED while waiting for an admin (refund policy), DENIED if refused; "
+        "PENDING until RideNDine answers, then REFUNDED or FAILED",
+    ),
+    _string(
+        "amount",
+        readonly=True,
+        sort=3,
+        translations=_label("Amount"),
+        note="The amount asked for, as money (e.g. 15.00 EUR)",
+    ),
+    _string(
+        "refunded_amount",
+        readonly=True,
+        sort=4,
+        translations=_label("Refunded"),
+        note="What RideNDine refunded, as money (empty until it answers)",
+    ),
+    _string("reason", readonly=True, sort=5, translations=_label("Reason")),
+    _text("reason_comments", readonly=True, sort=6, translations=_label("Comments")),
+    _choices(
+        "requested_by",
+        ["customer", "admin", "ridendine"],
+        readonly=True,
+        sort=7,
+        translations=_label("Requested by"),
+        note="Who asked for the refund: the customer, an admin, or RideNDine",
+    ),
+    _string(
+        "requested_by_user",
+        readonly=True,
+        sort=8,
+        translations=_label("Requested by (user id)"),
+        note="The Directus user who asked, when one did",
+    ),
     {
         "field": "needs_review",
         "type": "boolean",
         "schema": {"default_value": False},
         # cast-boolean: true/false rather than SQLite's 1/0.
-        "meta": {"interface": "boolean", "special": ["cast-boolean"], "readonly": True},
+        "meta": {
+            "interface": "boolean",
+            "special": ["cast-boolean"],
+            "readonly": True,
+            "sort": 9,
+            "translations": _label("Needs review"),
+            "note": "A person must look at this refund (see the review reason)",
+        },
     },
-    _text("review_reason", readonly=True),
-    _text("failure_reason", readonly=True),
+    _text("review_reason", readonly=True, sort=10, translations=_label("Review reason")),
+    _text("failure_reason", readonly=True, sort=11, translations=_label("Failure reason")),
     # An admin's approve or deny of a REQUESTED refund (docs/refunds.md, "The refund policy").
-    _string("decided_by", readonly=True, note="the admin who approved or denied (user id)"),
-    _timestamp("decided_at"),
-    _text("decision_comment", readonly=True),
-    _json("status_history", readonly=True),
-    _timestamp("created_at"),
-    _timestamp("updated_at"),
+    _string(
+        "decided_by",
+        readonly=True,
+        sort=12,
+        translations=_label("Decided by (user id)"),
+        note="The admin who approved or denied (user id)",
+    ),
+    _timestamp("decided_at", sort=13, translations=_label("Decided at"), **_DATETIME_DISPLAY),
+    _text("decision_comment", readonly=True, sort=14, translations=_label("Decision comment")),
+    _timestamp(
+        "created_at",
+        sort=15,
+        translations=_label("Requested at"),
+        **_DATETIME_DISPLAY,
+    ),
+    _timestamp("updated_at", sort=16, translations=_label("Updated at"), **_DATETIME_DISPLAY),
+    _choices(
+        "source",
+        ["cooco", "ridendine"],
+        readonly=True,
+        sort=17,
+        translations=_label("Source"),
+        note="cooco: asked through COOCO; ridendine: started by RideNDine",
+    ),
+    _string("ridendine_order_id", readonly=True, sort=18, translations=_label("RideNDine order")),
+    _string("ridendine_refund_id", readonly=True, sort=19, translations=_label("RideNDine refund")),
+    _json("items", readonly=True, sort=20, translations=_label("Items")),
+    _json("status_history", readonly=True, sort=21, translations=_label("Status history")),
+    _string("currency", readonly=True, sort=22, translations=_label("Currency")),
+    _integer(
+        "amount_cents",
+        readonly=True,
+        hidden=True,
+        sort=23,
+        translations=_label("Amount (cents)"),
+        note="The amount in integer cents: the source of truth, shown as Amount",
+    ),
+    _integer(
+        "refunded_amount_cents",
+        readonly=True,
+        hidden=True,
+        sort=24,
+        translations=_label("Refunded (cents)"),
+        note="What RideNDine refunded in integer cents, shown as Refunded",
+    ),
+    _decimal(
+        "amount_value",
+        readonly=True,
+        hidden=True,
+        sort=25,
+        translations=_label("Amount (number)"),
+        note="The amount in the currency's units, for the Insights dashboard's sums",
+    ),
 ]
 
 
@@ -141,25 +260,34 @@ class SchemaPlan:
 
 REFUNDS_COLLECTION_META: dict[str, Any] = {
     "icon": "currency_exchange",
-    "note": "Refunds, written by refund-bridge (read-only here)",
-    "display_template": "{{id}} · {{amount_cents}} {{currency}} · {{status}}",
+    "note": "Refunds through RideNDine, written by refund-bridge (read-only here)",
+    "display_template": "{{id}} · {{amount}} · {{status}}",
     "sort_field": None,
+    "translations": [
+        {"language": "en-US", "translation": "Refunds", "singular": "Refund", "plural": "Refunds"}
+    ],
 }
 ORDER_REFUNDS_ALIAS_META: dict[str, Any] = {
     "special": ["o2m"],
     "interface": "list-o2m",
     "readonly": True,
-    "note": "Refunds of this order (refund-bridge)",
+    "note": "Refunds of this order (refund-bridge); request one with the Request refund button",
+    "translations": _label("Refunds"),
     "options": {
         "enableCreate": False,
         "enableSelect": False,
-        "template": "{{status}} · {{amount_cents}} {{currency}} · {{reason}} · {{created_at}}",
+        "template": "{{status}} · {{amount}} · {{reason}} · {{created_at}}",
     },
 }
 ORDER_ID_META: dict[str, Any] = {
     "interface": "select-dropdown-m2o",
     "special": ["m2o"],
     "readonly": True,
+    "sort": 2,
+    "translations": _label("Order"),
+    "options": {"template": "{{id}}"},
+    "display": "related-values",
+    "display_options": {"template": "{{id}}"},
 }
 
 
@@ -172,9 +300,26 @@ def _order_pk(fields: list[dict[str, Any]], orders: str) -> dict[str, Any]:
 
 def _meta_differences(current: dict[str, Any] | None, wanted: dict[str, Any]) -> dict[str, Any]:
     """The keys of `wanted` whose value differs in `current` (keys we do not set are the
-    admins', and left alone)."""
+    admins', and left alone). Translations: ours (`en-US`) are put back, the admins' other
+    languages are kept."""
     current = current or {}
-    return {key: value for key, value in wanted.items() if current.get(key) != value}
+    differences = {key: value for key, value in wanted.items() if current.get(key) != value}
+    if "translations" in differences:
+        theirs = [
+            entry
+            for entry in current.get("translations") or []
+            if entry.get("language") not in {ours["language"] for ours in wanted["translations"]}
+        ]
+        merged = theirs + list(wanted["translations"])
+        if sorted(map(repr, merged)) == sorted(map(repr, current.get("translations") or [])):
+            del differences["translations"]
+        else:
+            differences["translations"] = merged
+    return differences
+
+
+# Directus on SQLite reads a decimal column's type back as float (SQLite has no decimal type).
+_SAME_TYPES = {"decimal": {"decimal", "float"}}
 
 
 def _apply_field(
@@ -192,7 +337,7 @@ def _apply_field(
         if not dry_run:
             client.create_field(collection, definition)
         return
-    if existing.get("type") != definition["type"]:
+    if existing.get("type") not in _SAME_TYPES.get(definition["type"], {definition["type"]}):
         plan.conflict(
             f"field {name} is {existing.get('type')}, expected {definition['type']} "
             "(not changed: converting a column is for a person to decide)"
@@ -288,7 +433,81 @@ def apply_schema(
 
     _apply_order_alias(client, plan, orders, order_field_list, dry_run=dry_run)
     _apply_relation(client, plan, refunds, orders, refunds_exists, dry_run=dry_run)
+    _apply_presets(client, plan, refunds, refunds_exists, dry_run=dry_run)
     return plan
+
+
+# The refunds list as admins first see it: a Directus preset with no user and no role (every
+# user's default until they change their own view), and two shared bookmarks.
+REFUNDS_LIST_FIELDS = [
+    "status",
+    "order_id",
+    "amount",
+    "reason",
+    "requested_by",
+    "created_at",
+    "needs_review",
+]
+
+
+def refunds_presets(refunds: str = REFUNDS) -> list[dict[str, Any]]:
+    """The default layout (bookmark None) and the saved views, as `POST /presets` values."""
+
+    def preset(bookmark: str | None, icon: str, filter: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "bookmark": bookmark,
+            "collection": refunds,
+            "user": None,
+            "role": None,
+            "icon": icon,
+            "layout": "tabular",
+            "layout_query": {
+                "tabular": {"fields": REFUNDS_LIST_FIELDS, "sort": ["-created_at"], "page": 1}
+            },
+            "layout_options": {"tabular": {"spacing": "cozy"}},
+            "filter": filter,
+        }
+
+    return [
+        preset(None, "bookmark", None),
+        preset("Needs review", "flag", {"needs_review": {"_eq": True}}),
+        preset("Pending", "hourglass_top", {"status": {"_eq": "PENDING"}}),
+    ]
+
+
+def _apply_presets(
+    client: DirectusClient, plan: SchemaPlan, refunds: str, refunds_exists: bool, *, dry_run: bool
+) -> None:
+    """Create the shared presets that are missing and put back the settings we define;
+    users' and roles' own presets, and other shared bookmarks, are left alone."""
+    current = (
+        client.list_system(
+            "presets",
+            filter={
+                "_and": [
+                    {"collection": {"_eq": refunds}},
+                    {"user": {"_null": True}},
+                    {"role": {"_null": True}},
+                ]
+            },
+            sort=["id"],
+        )
+        if refunds_exists or not dry_run
+        else []
+    )
+    for wanted in refunds_presets(refunds):
+        name = f"bookmark {wanted['bookmark']!r}" if wanted["bookmark"] else "default layout"
+        found = next((p for p in current if p.get("bookmark") == wanted["bookmark"]), None)
+        if found is None:
+            plan.add(f"create preset {refunds}: {name}")
+            if not dry_run:
+                client.create_system("presets", wanted)
+            continue
+        differences = _meta_differences(found, wanted)
+        if differences:
+            plan.add(f"update preset {refunds}: {name} ({', '.join(sorted(differences))})")
+            if not dry_run:
+                client.update_system("presets", found["id"], differences)
 
 
 def _apply_order_alias(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.directus import batch, notify, order_status, projection
+from bridge.directus import batch, in_app, notify, order_status, projection
 from bridge.directus.alerts import JOB_ALERT_ADMINS
 from bridge.jobs import outbox
 from bridge.refunds import approval, submission
@@ -64,6 +64,7 @@ JOB_KINDS: tuple[JobKind, ...] = (
     JobKind(JOB_ALERT_ADMINS, notify.alert_admins, needs_directus=True),
     # The refund policy's notices (a request waits, a reminder, a denial).
     JobKind(approval.JOB_NOTIFY_APPROVAL, approval.notify_approval, needs_directus=True),
+    JobKind(in_app.JOB_NOTIFY_IN_APP, in_app.notify_in_app, needs_directus=True),
 )
 
 DIRECTUS_KINDS = frozenset(job.kind for job in JOB_KINDS if job.needs_directus)

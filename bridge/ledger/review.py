@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.notify import format_amount
+from bridge.directus.in_app import enqueue_in_app_notification
 from bridge.directus.projection import enqueue_projection
 from bridge.ledger import ledger
+from bridge.ledger.money import format_amount
 from bridge.store.models import OutboxJob, Refund
 
 if TYPE_CHECKING:
@@ -32,18 +33,24 @@ def flag_for_review(
 
 
 def alert_review(session: Session, refund: Refund, reason: str) -> None:
-    """The admin alert for a review reason (deduplicated per refund and reason)."""
+    """The admins' alert for a review reason, by e-mail and in the Directus app
+    (deduplicated per refund and reason)."""
     digest = hashlib.sha256(reason.encode()).hexdigest()[:16]
+    subject = f"Refund {refund.id} on order {refund.order_id} needs review"
+    message = (
+        f"Refund {refund.id} of order {refund.order_id} "
+        f"({format_amount(refund.amount_cents, refund.currency)} requested, "
+        f"status {refund.status}) needs a person: {reason}."
+    )
     enqueue_admin_alert(
         session,
         dedupe_key=f"review:{refund.id}:{digest}",
-        subject=f"Refund {refund.id} on order {refund.order_id} needs review",
-        message=(
-            f"Refund {refund.id} of order {refund.order_id} "
-            f"({format_amount(refund.amount_cents, refund.currency)} requested, "
-            f"status {refund.status}) needs a person: {reason}."
-        ),
+        subject=subject,
+        message=message,
         refund_id=refund.id,
+    )
+    enqueue_in_app_notification(
+        session, refund, dedupe_key=f"review:{refund.id}:{digest}", subject=subject, message=message
     )
 
 

@@ -74,6 +74,10 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "ridendine_refund_id",
     "needs_review",
     "decided_by",
+    # The amounts as people read them (docs/directus.md, "How money is shown"): an item
+    # projected before they existed is rewritten by --fix.
+    "amount",
+    "refunded_amount",
 )
 _INTEGER_FIELDS = frozenset({"amount_cents", "refunded_amount_cents"})
 

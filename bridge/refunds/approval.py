@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 
 from bridge.directus import notify
+from bridge.directus.in_app import notify_admins_in_app
 from bridge.directus.projection import REFUNDS_COLLECTION
 from bridge.jobs import outbox
+from bridge.ledger.money import format_amount
 from bridge.store.models import OutboxJob, Refund, RefundStatus, utcnow
 from bridge.web.auth import ROLE_CUSTOMER
 from directus_client import DirectusError
@@ -180,7 +182,7 @@ def approval_mail_body(
 
 
 def _in_app_texts(services: Services, refund: Refund, event: str) -> tuple[str, str]:
-    amount = notify.format_amount(refund.amount_cents, refund.currency)
+    amount = format_amount(refund.amount_cents, refund.currency)
     waiting = "is still waiting" if event == EVENT_REMINDER else "waits"
     subject = f"Refund of {amount} for order {refund.order_id} {waiting} for approval"
     message = (
@@ -194,25 +196,13 @@ def _in_app_texts(services: Services, refund: Refund, event: str) -> tuple[str, 
 
 
 def _notify_in_app(services: Services, refund: Refund, event: str) -> int:
-    """One Directus notification per admin user, linking to the refund's item."""
+    """One Directus notification per admin user, linking to the refund's item (a retry skips
+    the admins who have it already)."""
     subject, message = _in_app_texts(services, refund, event)
     try:
-        admins = sorted({str(user["id"]) for user in services.directus.admin_users()})
-        for user_id in admins:
-            services.directus.create_system(
-                "notifications",
-                {
-                    "recipient": user_id,
-                    "subject": subject[:255],
-                    "message": message,
-                    "collection": REFUNDS_COLLECTION,
-                    "item": refund.id,
-                },
-            )
+        return notify_admins_in_app(services, refund, subject, message)
     except DirectusError as exc:
-        # A retry may notify again the admins already notified: at least once.
         raise outbox.RetryLater(f"Directus: {type(exc).__name__}: {exc.message}") from None
-    return len(admins)
 
 
 def notify_approval(services: Services, job: OutboxJob) -> None:

@@ -176,28 +176,43 @@ describe('the extension', () => {
 		assert.equal(call.body.toString('utf8'), body);
 	});
 
-	test('the GET routes are forwarded with the id and the query', async () => {
+	test('every GET route is forwarded whole: its path and its query string', async () => {
 		answer = (_req, res) => {
 			res.statusCode = 200;
 			res.setHeader('Content-Type', 'application/json');
 			res.end('{"refunds": []}');
 		};
-		const list = await fetch(`${urlOf(directus)}/ridendine/refunds?order_id=ord%201&x=y`, {
-			headers: { 'X-Test-User': 'user-42' },
-		});
-		const one = await fetch(`${urlOf(directus)}/ridendine/refunds/rf%2F1`, {
-			headers: { 'X-Test-User': 'user-42' },
-		});
-		assert.equal(list.status, 200);
-		assert.equal(one.status, 200);
+		const paths = [
+			'/ridendine/refunds?order_id=ord%201&x=y',
+			'/ridendine/refunds/rf%2F1',
+			'/ridendine/refunds/rf_1?with=history',
+			'/ridendine/refunds/stats?month=2020-01',
+			'/ridendine/refunds/stats',
+			'/ridendine/openapi.json?v=1',
+		];
+		for (const path of paths) {
+			const response = await fetch(`${urlOf(directus)}${path}`, {
+				headers: { 'X-Test-User': 'user-42' },
+			});
+			assert.equal(response.status, 200, path);
+		}
 		assert.deepEqual(
 			received.map((r) => [r.method, r.url, r.headers['x-directus-user-id']]),
-			[
-				['GET', '/ridendine/refunds?order_id=ord%201&x=y', 'user-42'],
-				['GET', '/ridendine/refunds/rf%2F1', 'user-42'],
-			],
+			paths.map((path) => ['GET', path, 'user-42']),
 		);
-		assert.equal(received[0].headers.authorization, `Bearer ${SERVICE_TOKEN}`);
+		for (const call of received) {
+			assert.equal(call.headers.authorization, `Bearer ${SERVICE_TOKEN}`);
+		}
+	});
+
+	test('stats is its own route, registered before /refunds/:id', () => {
+		const router = makeRouter();
+		registerRoutes(router, { env: {}, logger: silentLogger });
+		const gets = router.routes.filter((r) => r.method === 'GET');
+		const stats = gets.findIndex((r) => r.regex.source.includes('stats'));
+		const byId = gets.findIndex((r) => r.regex.source.includes('([^/?]+)'));
+		assert.ok(stats !== -1 && byId !== -1 && stats < byId);
+		assert.equal(router.match('GET', '/refunds/stats').handler, gets[stats].handler);
 	});
 
 	test('approve and deny reach the bridge with the service token, the user id and the body', async () => {

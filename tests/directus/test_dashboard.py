@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import random
+import re
+import string
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from bridge.cli import load_commands
 from bridge.directus.dashboard import (
     DASHBOARD_KEY,
     PANELS,
+    Panel,
     find_dashboards,
     marker,
     marker_key,
+    refund_panels,
     sync_dashboard,
 )
+from bridge.directus.projection import refund_item
 from devstack.directus import DirectusServer
 from directus_client import DirectusClient
-from tests.support.helpers import make_settings, settings_env
+from tests.support.helpers import make_order, make_settings, new_refund, settings_env, unique_id
 
 
 def _panels(client: DirectusClient, dashboard_id: str) -> list[dict[str, Any]]:
@@ -62,7 +71,7 @@ def test_sync_twice_leaves_one_dashboard_with_its_panels(
     assert (per_day["type"], per_day["options"]["precision"]) == ("time-series", "day")
     assert by_key["by_reason"]["options"]["column"] == "reason"
     assert by_key["by_status"]["options"]["xAxis"] == "status"
-    assert by_key["amount_per_day"]["options"]["valueField"] == "amount_cents"
+    assert by_key["amount_per_day"]["options"]["valueField"] == "amount_value"
     waiting = by_key["waiting_for_approval"]
     assert (waiting["type"], waiting["options"]["filter"]) == (
         "list",
@@ -153,84 +162,185 @@ def test_dashboard_sync_command(
     assert "not-a-valid-token-000" not in refused.output
 
 
-def _panel_query(panel: Any) -> dict[str, Any]:
-    """The query the Directus app sends for a panel (as its panel types build them)."""
+# -- the panels as the Directus app loads them ----------------------------------------------
+#
+# The Insights app (Directus 11.3.5, @directus/app's insights store) asks each panel type for a
+# `{collection, query}` and turns all of a dashboard's queries into ONE GraphQL document
+# (json-to-graphql-query), posted to /graphql: one invalid panel fails them all. The functions
+# below port that code (panel types metric, time-series, pie-chart, bar-chart, list).
+
+
+def app_panel_query(panel: Panel) -> dict[str, Any]:
+    """A panel type's `query(options)`, as the app's panel extensions define it."""
     options = panel.options
     if panel.type == "metric":
-        return {"aggregate": {options["function"]: [options["field"]]}, "filter": options["filter"]}
+        return {
+            "limit": 1,
+            "filter": options["filter"],
+            "aggregate": {options["function"]: [options["field"]]},
+        }
     if panel.type == "time-series":
         date = options["dateField"]
         window = [{date: {"_gte": f"$NOW(-{options['range']})"}}, {date: {"_lte": "$NOW"}}]
         return {
-            "group_by": [f"year({date})", f"month({date})", f"day({date})"],
+            "group": [f"{unit}({date})" for unit in ("year", "month", "day")],
             "aggregate": {options["function"]: [options["valueField"]]},
-            "filter": {"_and": [options.get("filter", {}), *window]},
+            "filter": {"_and": [options.get("filter") or {}, *window]},
             "limit": -1,
         }
     if panel.type == "pie-chart":
+        column = options["column"]
         return {
-            "group_by": [options["column"]],
-            "aggregate": {options["function"]: [options["column"]]},
+            "group": [column],
+            "aggregate": {options.get("function", "count"): [column]},
+            "filter": options.get("filter") or {},
             "limit": -1,
         }
     if panel.type == "bar-chart":
         return {
-            "group_by": [options["xAxis"]],
-            "aggregate": {options["function"]: [options["yAxis"]]},
+            "group": [options["xAxis"]],
+            "aggregate": {options.get("function", "max"): [options["yAxis"]]},
+            "filter": options.get("filter") or {},
             "limit": -1,
         }
-    assert panel.type == "list"
+    assert panel.type == "list", panel.type
+    template_fields = re.findall(r"{{\s*(.*?)\s*}}", options.get("displayTemplate", ""))
+    sort_field = options.get("sortField", "id")
     return {
-        "fields": ["id", "order_id", "amount_cents", "currency", "status", "review_reason"],
-        "filter": options["filter"],
-        "sort": [f"-{options['sortField']}"],
-        "limit": options["limit"],
+        "filter": options.get("filter") or {},
+        "fields": ["id", *template_fields],
+        "sort": sort_field if options.get("sortDirection") == "asc" else f"-{sort_field}",
+        "limit": options.get("limit", 5),
     }
 
 
-def test_every_panel_query_answers_with_our_refunds(
+def _graphql_value(value: Any) -> str:
+    """json-to-graphql-query's argument syntax: unquoted keys, JSON scalars."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_graphql_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_graphql_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _selection(fields: dict[str, Any]) -> str:
+    parts = [
+        name if sub is True else f"{name} {{ {_selection(sub)} }}" for name, sub in fields.items()
+    ]
+    return " ".join(parts)
+
+
+def app_graphql_document(collection: str, queries: dict[str, dict[str, Any]]) -> str:
+    """The one GraphQL document the app posts for a dashboard's panels, keyed `query_<key>`."""
+    lines = []
+    for key, query in queries.items():
+        args = {name: query[name] for name in ("limit", "sort", "filter") if name in query}
+        selection: dict[str, Any] = {}
+        name = collection
+        if query.get("aggregate"):
+            name = f"{collection}_aggregated"
+            for function, fields in query["aggregate"].items():
+                selection[function] = dict.fromkeys(fields, True)
+            if query.get("group"):
+                selection["group"] = True
+                args["groupBy"] = query["group"]
+        else:
+            for field_path in query["fields"]:
+                node = selection
+                *parents, leaf = field_path.split(".")
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[leaf] = True
+        lines.append(
+            f"query_{key}: {name}({_graphql_value(args)[1:-1]}) {{ {_selection(selection)} }}"
+        )
+    return "query { " + " ".join(lines) + " }"
+
+
+def post_graphql(directus: DirectusServer, document: str) -> dict[str, Any]:
+    """POST /graphql as the app does; any error in the answer fails the test."""
+    answer = requests.post(
+        f"{directus.url}/graphql",
+        json={"query": document},
+        headers={"Authorization": f"Bearer {directus.admin_token}"},
+        timeout=30,
+    )
+    body = answer.json()
+    assert answer.status_code == 200 and "errors" not in body, body.get("errors")
+    return dict(body["data"])
+
+
+def test_the_dashboard_loads_through_graphql_as_the_app_sends_it(
     cooco_directus: DirectusServer, directus_admin: DirectusClient
 ) -> None:
-    from datetime import UTC, datetime
-
-    from tests.support.helpers import make_order, unique_id
-
-    order = make_order(directus_admin)
+    # A currency of this test's own, so that the money figures are exactly its refunds'.
+    currency = "X" + "".join(random.choice(string.ascii_uppercase) for _ in range(2))
+    order = make_order(directus_admin, currency=currency)
     now = datetime.now(UTC).isoformat()
     flagged = unique_id("rf")
     waiting = unique_id("rf")
-    for refund_id, status, review in (
-        (unique_id("rf"), "REFUNDED", False),
-        (flagged, "PENDING", True),
-        (waiting, "REQUESTED", False),
+    for refund_id, cents, status, review in (
+        (unique_id("rf"), 1234, "REFUNDED", False),
+        (unique_id("rf"), 500, "REFUNDED", False),
+        (flagged, 999, "PENDING", True),
+        (waiting, 777, "REQUESTED", False),
     ):
-        directus_admin.create_item(
-            "refunds",
-            {
-                "id": refund_id,
-                "order_id": order["id"],
-                "amount_cents": 1234,
-                "currency": "EUR",
-                "reason": "chef_rejected",
-                "requested_by": "admin",
-                "status": status,
-                "source": "cooco",
-                "needs_review": review,
-                "review_reason": "test" if review else None,
-                "created_at": now,
-                "updated_at": now,
-            },
+        refund = new_refund(order["id"], cents, currency=currency)
+        item = refund_item(refund)
+        item.update(
+            id=refund_id,
+            status=status,
+            needs_review=review,
+            review_reason="test" if review else None,
+            created_at=now,
+            updated_at=now,
         )
-    answers = {
-        panel.key: directus_admin.query_items("refunds", **_panel_query(panel)) for panel in PANELS
-    }
+        directus_admin.create_item("refunds", item)
+    panels = refund_panels(currency)
+    document = app_graphql_document("refunds", {p.key: app_panel_query(p) for p in panels})
+    data = post_graphql(cooco_directus, document)
+    answers = {key.removeprefix("query_"): rows for key, rows in data.items()}
+    assert set(answers) == {p.key for p in panels}
     assert int(answers["pending"][0]["count"]["id"]) >= 1
     assert int(answers["needs_review_count"][0]["count"]["id"]) >= 1
-    assert int(answers["refunded_30_days"][0]["sum"]["amount_cents"]) >= 1234
-    assert sum(int(row["count"]["id"]) for row in answers["refunds_per_day"]) >= 2
-    assert sum(int(row["sum"]["amount_cents"]) for row in answers["amount_per_day"]) >= 1234
-    assert any(row["reason"] == "chef_rejected" for row in answers["by_reason"])
-    assert {"REFUNDED", "PENDING"} <= {row["status"] for row in answers["by_status"]}
-    assert flagged in {row["id"] for row in answers["needs_review_list"]}
-    assert waiting in {row["id"] for row in answers["waiting_for_approval"]}
-    assert flagged not in {row["id"] for row in answers["waiting_for_approval"]}
+    assert answers["refunded_30_days"][0]["sum"]["amount_value"] == pytest.approx(17.34)
+    per_currency = {
+        r["group"]["currency"]: r["sum"]["amount_value"] for r in answers["refunded_by_currency"]
+    }
+    assert per_currency[currency] == pytest.approx(17.34)
+    assert sum(r["sum"]["amount_value"] for r in answers["amount_per_day"]) == pytest.approx(17.34)
+    assert sum(int(r["count"]["id"]) for r in answers["refunds_per_day"]) >= 3
+    assert any(r["group"]["reason"] == "chef_rejected" for r in answers["by_reason"])
+    assert {"REFUNDED", "PENDING"} <= {r["group"]["status"] for r in answers["by_status"]}
+    listed = {r["id"]: r for r in answers["needs_review_list"]}
+    assert listed[flagged]["amount"] == f"9.99 {currency}"
+    assert listed[flagged]["order_id"] == {"id": order["id"]}
+    assert waiting in {r["id"] for r in answers["waiting_for_approval"]}
+    assert flagged not in {r["id"] for r in answers["waiting_for_approval"]}
+    assert {r["id"]: r["amount"] for r in answers["waiting_for_approval"]}[waiting] == (
+        f"7.77 {currency}"
+    )
+
+
+def test_an_invalid_panel_fails_the_whole_graphql_query(
+    cooco_directus: DirectusServer,
+) -> None:
+    """What the app met before: a many-to-one listed without sub-fields makes Directus refuse
+    the whole document, the valid panel's query with it (so the check above can fail)."""
+    document = app_graphql_document(
+        "refunds",
+        {
+            "count": {"limit": 1, "filter": {}, "aggregate": {"count": ["id"]}},
+            "order": {"fields": ["id", "order_id"], "filter": {}, "limit": 1},
+        },
+    )
+    answer = requests.post(
+        f"{cooco_directus.url}/graphql",
+        json={"query": document},
+        headers={"Authorization": f"Bearer {cooco_directus.admin_token}"},
+        timeout=30,
+    )
+    errors = answer.json()["errors"]
+    assert "data" not in answer.json()
+    messages = " ".join(e["message"] for error in errors for e in error["extensions"]["errors"])
+    assert 'Field "order_id" of type "orders" must have a selection of subfields' in messages

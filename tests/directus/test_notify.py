@@ -13,7 +13,7 @@ from flask import Flask
 
 from bridge import create_app
 from bridge.directus.alerts import enqueue_admin_alert
-from bridge.directus.notify import format_amount
+from bridge.ledger.money import format_amount
 from bridge.ledger.results import apply_result
 from bridge.services import Services
 from bridge.store.models import OutboxState, Refund

@@ -5,13 +5,19 @@ runs on a second, empty Directus (`spare_directus`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from bridge.cli import load_commands
 from bridge.config import OrderFields
-from bridge.directus.schema import SchemaError, apply_schema, create_demo_orders
+from bridge.directus.schema import (
+    REFUNDS_LIST_FIELDS,
+    SchemaError,
+    apply_schema,
+    create_demo_orders,
+)
 from devstack.directus import DirectusServer
 from directus_client import DirectusClient
 from tests.support.helpers import make_settings, settings_env, unique_id
@@ -69,7 +75,7 @@ def test_admins_own_fields_and_settings_are_kept(
     directus_admin.create_field(
         orders.collection, {"field": "loyalty_points", "type": "integer", "meta": {}}
     )
-    directus_admin.update_field(refunds, "status", {"meta": {"width": "half", "sort": 2}})
+    directus_admin.update_field(refunds, "status", {"meta": {"width": "half"}})
 
     plan = apply_schema(directus_admin, orders, refunds_collection=refunds)
     assert plan.in_place, plan
@@ -89,7 +95,8 @@ def test_our_fields_settings_are_put_back(
     plan = apply_schema(directus_admin, orders, refunds_collection=refunds)
     assert plan.changes == [f"update field {refunds}.amount_cents: note, readonly"]
     meta = fields_of(directus_admin, refunds)["amount_cents"]["meta"]
-    assert meta["readonly"] is True and meta["note"] == "integer cents"  # type: ignore[index]
+    assert meta["readonly"] is True  # type: ignore[index]
+    assert meta["note"].startswith("The amount in integer cents")  # type: ignore[index]
     assert apply_schema(directus_admin, orders, refunds_collection=refunds).in_place
 
 
@@ -212,3 +219,74 @@ def test_schema_apply_with_a_bad_token_fails_with_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("refund-bridge: Directus: 401 INVALID_CREDENTIALS")
     assert "not-a-token" not in line
+
+
+def test_the_refunds_list_bookmarks_and_names_are_put_in_place(
+    directus_admin: DirectusClient, names: tuple[OrderFields, str]
+) -> None:
+    orders, refunds = names
+    apply_schema(directus_admin, orders, refunds_collection=refunds)
+
+    def shared_presets() -> dict[str | None, dict[str, Any]]:
+        found = directus_admin.list_system(
+            "presets", filter={"collection": {"_eq": refunds}, "user": {"_null": True}}
+        )
+        return {p["bookmark"]: p for p in found}
+
+    presets = shared_presets()
+    assert set(presets) == {None, "Needs review", "Pending"}
+    default = presets[None]
+    assert (default["layout"], default["role"], default["filter"]) == ("tabular", None, None)
+    assert default["layout_query"]["tabular"] == {
+        "fields": REFUNDS_LIST_FIELDS,
+        "sort": ["-created_at"],
+        "page": 1,
+    }
+    assert REFUNDS_LIST_FIELDS == [
+        "status",
+        "order_id",
+        "amount",
+        "reason",
+        "requested_by",
+        "created_at",
+        "needs_review",
+    ]
+    assert presets["Needs review"]["filter"] == {"needs_review": {"_eq": True}}
+    assert presets["Pending"]["filter"] == {"status": {"_eq": "PENDING"}}
+    fields = fields_of(directus_admin, refunds)
+    assert fields["amount_cents"]["meta"]["hidden"] is True  # type: ignore[index]
+    assert fields["amount"]["meta"]["translations"] == [  # type: ignore[index]
+        {"language": "en-US", "translation": "Amount"}
+    ]
+
+    # An admin re-sorted the default list, renamed a field in English, named it in German,
+    # and saved a bookmark of their own: ours are put back, theirs kept.
+    directus_admin.update_system(
+        "presets", default["id"], {"layout_query": {"tabular": {"sort": ["amount"]}}}
+    )
+    directus_admin.update_field(
+        refunds,
+        "status",
+        {
+            "meta": {
+                "translations": [
+                    {"language": "en-US", "translation": "State"},
+                    {"language": "de-DE", "translation": "Status (de)"},
+                ]
+            }
+        },
+    )
+    own = directus_admin.create_system(
+        "presets",
+        {"collection": refunds, "bookmark": "Mine", "layout": "tabular", "filter": None},
+    )
+    plan = apply_schema(directus_admin, orders, refunds_collection=refunds)
+    assert sorted(plan.changes) == [
+        f"update field {refunds}.status: translations",
+        f"update preset {refunds}: default layout (layout_query)",
+    ]
+    translations = fields_of(directus_admin, refunds)["status"]["meta"]["translations"]  # type: ignore[index]
+    assert sorted(t["translation"] for t in translations) == ["Status", "Status (de)"]
+    assert shared_presets()[None]["layout_query"]["tabular"]["sort"] == ["-created_at"]
+    assert own["id"] in {p["id"] for p in shared_presets().values()}
+    assert apply_schema(directus_admin, orders, refunds_collection=refunds).in_place

@@ -221,7 +221,7 @@ def test_the_registry_lists_every_job_kind_the_code_enqueues() -> None:
     root = Path(bridge.__file__).parent
     defined = set(re.findall(r'^JOB_[A-Z_]+ = "([a-z_]+)"', _sources(root), re.M))
     listed = [job.kind for job in registry.JOB_KINDS]
-    assert len(listed) == len(set(listed)) == 11  # notify_approval: the refund policy
+    assert len(listed) == len(set(listed)) == 12  # notify_approval, notify_in_app
     assert set(listed) == defined
     registry.register_all()
     assert set(listed) <= set(outbox.HANDLERS)
@@ -236,6 +236,7 @@ def test_the_registry_lists_every_job_kind_the_code_enqueues() -> None:
         "notify_result",
         "notify_result_admins",
         "alert_admins",
+        "notify_in_app",
         "resolve_event",
         "notify_approval",
     } == registry.DIRECTUS_KINDS

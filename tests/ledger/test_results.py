@@ -129,10 +129,11 @@ def test_failed_after_refunded_flags_alerts_and_keeps_the_state(services: Servic
     assert refund.needs_review is True
     assert "FAILED after" in (refund.review_reason or "")
     added = kinds(services)[len(before) :]
-    assert sorted(added) == ["alert_admins", "project_refund"]  # no order update, no e-mail
+    # No order update, no customer e-mail; the admins are told by e-mail and in the app.
+    assert sorted(added) == ["alert_admins", "notify_in_app", "project_refund"]
     # A third delivery of that FAILED adds nothing.
     apply(services, refund_id, "FAILED", 5000)
-    assert len(kinds(services)) == len(before) + 2
+    assert len(kinds(services)) == len(before) + 3
 
 
 def test_refunded_after_failed_is_refunded_and_flagged(services: Services) -> None:
@@ -147,6 +148,7 @@ def test_refunded_after_failed_is_refunded_and_flagged(services: Services) -> No
     assert sorted(kinds(services)) == [
         "alert_admins",
         "apply_order",
+        "notify_in_app",
         "notify_result",
         "notify_result",
         "project_refund",

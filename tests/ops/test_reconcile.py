@@ -260,6 +260,8 @@ def test_each_planted_mismatch_is_found_and_fix_repairs_the_directus_ones(
     directus_admin.update_item("refunds", failed["id"], {"amount_cents": 1})
     # 4. Stripe says the refund the ledger has as REFUNDED failed.
     fake_stripe.set(stripe_side["ridendine_refund_id"], "failed")
+    # 5. An item projected before the amount was shown as money.
+    directus_admin.update_item("refunds", full["id"], {"amount": None})
 
     code, report = run_reconcile(env)
 
@@ -270,7 +272,10 @@ def test_each_planted_mismatch_is_found_and_fix_repairs_the_directus_ones(
         (reconcile.REFUND_ITEM_MISSING, partial["order_id"], partial["id"]),
         (reconcile.REFUND_ITEM_DIFFERS, failed["order_id"], failed["id"]),
         (reconcile.STRIPE_STATUS_DIFFERS, stripe_side["order_id"], stripe_side["id"]),
+        (reconcile.REFUND_ITEM_DIFFERS, full["order_id"], full["id"]),
     }
+    shown = found[(reconcile.REFUND_ITEM_DIFFERS, full["order_id"], full["id"])]
+    assert (shown["ledger"], shown["directus"]) == ("amount=100.00 EUR", "amount=-")
     order_mismatch = found[(reconcile.ORDER_FIELDS_DIFFER, full["order_id"], "-")]
     assert order_mismatch["ledger"].startswith("status=CANCELLED")
     assert order_mismatch["directus"] == "status=DELIVERED"
@@ -286,6 +291,7 @@ def test_each_planted_mismatch_is_found_and_fix_repairs_the_directus_ones(
     code, fixed = run_reconcile(env, "--fix")
 
     assert code == 1  # Stripe's disagreement is a person's to settle
+    assert directus_admin.get_item("refunds", full["id"])["amount"] == "100.00 EUR"
     assert {(m["kind"], m["fixed"]) for m in fixed["mismatches"]} == {
         (reconcile.ORDER_FIELDS_DIFFER, True),
         (reconcile.REFUND_ITEM_MISSING, True),

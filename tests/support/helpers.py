@@ -66,8 +66,13 @@ def random_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def make_user(client: Any, *, role: str | None = None, admin: bool = False) -> dict[str, Any]:
+def make_user(
+    client: Any, *, role: str | None = None, admin: bool = False, email_notifications: bool = False
+) -> dict[str, Any]:
     """A Directus user with a static token; `admin` gives it the admin policy's access.
+    Directus e-mails a user each in-app notification only with `email_notifications` (off
+    here, unlike Directus's default: tests count the bridge's own e-mails, and every admin
+    gets an in-app notice of each refund that needs review).
 
     Returns {"id", "email", "token"}.
     """
@@ -78,6 +83,7 @@ def make_user(client: Any, *, role: str | None = None, admin: bool = False) -> d
         "token": token,
         "status": "active",
         "password": secrets.token_hex(12),
+        "email_notifications": email_notifications,
     }
     if admin:
         values["role"] = admin_role_id(client)
@@ -139,15 +145,17 @@ def count_requests(client: DirectusClient) -> Counter[str]:
 
 def new_refund(order_id: str = "ord-1", amount: int = 1000, **values: object) -> Refund:
     """A PENDING refund with its first history line, not yet added to a session."""
+    defaults: dict[str, object] = {
+        "ridendine_order_id": "rdn-1",
+        "currency": "EUR",
+        "reason": "chef_rejected",
+        "requested_by": "admin",
+    }
     refund = Refund(
         order_id=order_id,
-        ridendine_order_id="rdn-1",
         amount_cents=amount,
-        currency="EUR",
-        reason="chef_rejected",
-        requested_by="admin",
         status=RefundStatus.PENDING,
-        **values,
+        **{**defaults, **values},
     )
     ledger.record_created(refund)
     return refund

@@ -105,8 +105,8 @@ def test_up_shows_a_refund_going_through_and_ctrl_c_stops_everything(tmp_path: P
     assert not any(port_open(port) for port in ports.values())
     assert not [pid for pid in started if alive(pid)]
     # The e-mails were also written where the summary says: the first refund's three, then the
-    # waiting request's notices and its result's.
-    assert len(list((tmp_path / "dev" / "mail").glob("*.eml"))) > 3
+    # approved request's three (its notices may be skipped: it was decided at once).
+    assert len(list((tmp_path / "dev" / "mail").glob("*.eml"))) >= 3 + 3
 
 
 def parent_and_state(pid: int) -> tuple[int, str] | None:
