@@ -45,6 +45,10 @@ _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_" + REDACTED),
     (re.compile(r"\b[sr]k_(live|test)_[A-Za-z0-9]+"), REDACTED),
 )
+# One scan that finds every place where one of the shapes above could start: text without a
+# hit (nearly every string logged) skips the four substitutions. Looser than the shapes, never
+# stricter, so nothing they would redact is missed.
+_SECRET_HINT = re.compile(r"(?i)bearer|authorization|whsec_|[sr]k_(?:live|test)_")
 # Shorter configured values are not looked for: they would redact ordinary words.
 MIN_SECRET_CHARS = 8
 
@@ -85,12 +89,27 @@ def context_fields() -> dict[str, Any]:
 # -- formatting and redaction ---------------------------------------------------------------
 
 
+# The encoder `json.dumps(entry, default=str)` would build anew for every line.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     converter = time.gmtime  # type: ignore[assignment]
+    # The last second formatted (its number, its text): lines come many a second, and strftime
+    # is a good part of a line's cost (docs/performance.md).
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, self.formatTime(record, "%Y-%m-%dT%H:%M:%S"))
+            self._second = cached
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -107,7 +126,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 def secrets_of(settings: Settings) -> tuple[str, ...]:
@@ -162,8 +181,9 @@ class RedactingFilter(logging.Filter):
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern, replacement in _SECRET_SHAPES:
-            text = pattern.sub(replacement, text)
+        if _SECRET_HINT.search(text) is not None:
+            for pattern, replacement in _SECRET_SHAPES:
+                text = pattern.sub(replacement, text)
         return text
 
     def _value(self, value: Any) -> Any:
@@ -268,21 +288,29 @@ def _finish(response: Response) -> Response:
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
     started = getattr(g, "log_started", None)
-    if started is not None:
+    if started is not None and access_log.isEnabledFor(logging.INFO):
         rule = request.url_rule
-        access_log.info(
+        method, path, status = request.method, request.path, response.status_code
+        route = rule.rule if rule is not None else None
+        # The record made and handled directly: `access_log.info()` would also walk the stack
+        # for the caller's file and line, which the JSON line does not print.
+        record = access_log.makeRecord(
+            access_log.name,
+            logging.INFO,
+            "(access)",
+            0,
             "%s %s %s",
-            request.method,
-            rule.rule if rule is not None else request.path,
-            response.status_code,
+            (method, route if route is not None else path, status),
+            None,
             extra={
-                "method": request.method,
-                "route": rule.rule if rule is not None else None,
-                "path": request.path,
-                "status": response.status_code,
+                "method": method,
+                "route": route,
+                "path": path,
+                "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
+        access_log.handle(record)
     return response
 
 

@@ -69,6 +69,8 @@ PREFIX = "refund_bridge"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED_ROUTE = "unmatched"
 WEBHOOK_ENDPOINT = "webhooks.refund_status"
+# The `g` attribute where the webhook's view leaves its outcome ("accepted", "duplicate").
+WEBHOOK_OUTCOME = "webhook_outcome"
 # Seconds; HTTP answers are mostly milliseconds, outbound calls up to the read timeouts.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -142,6 +144,11 @@ class _EventMetrics:
             ["kind"],
             registry=registry,
         )
+        # The children of the series counted on every request, by their labels: `labels()`
+        # validates and locks on each call (docs/performance.md). The series keep every child
+        # anyway, so these grow no more than the metrics themselves.
+        self.http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.webhook_children: dict[tuple[str, str], Any] = {}
 
 
 _REGISTRY = CollectorRegistry(auto_describe=True)
@@ -190,15 +197,29 @@ def _never_raises(func: F) -> F:
 @_never_raises
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
     events = _metrics()
-    events.http_requests.labels(route, method, str(status)).inc()
-    events.http_duration.labels(route, method).observe(seconds)
+    key = (route, method, status)
+    children = events.http_children.get(key)
+    if children is None:
+        children = (
+            events.http_requests.labels(route, method, str(status)),
+            events.http_duration.labels(route, method),
+        )
+        events.http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 @_never_raises
 def webhook_event(outcome: str, reason: str = "") -> None:
     """One refund-status webhook: `accepted`, `duplicate`, `rejected` (with a reason) or
     `error` (the bridge could not record it: 503)."""
-    _metrics().webhook_events.labels(outcome, reason).inc()
+    events = _metrics()
+    child = events.webhook_children.get((outcome, reason))
+    if child is None:
+        child = events.webhook_children[(outcome, reason)] = events.webhook_events.labels(
+            outcome, reason
+        )
+    child.inc()
 
 
 @_never_raises
@@ -513,8 +534,11 @@ def _observe(response: Response) -> Response:
 def _record_webhook(response: Response) -> None:
     status = response.status_code
     if status == 200:
-        body = response.get_json(silent=True)
-        outcome = body.get("status") if isinstance(body, dict) else None
+        # The view says which (WEBHOOK_OUTCOME); reading the answer's JSON is the fallback.
+        outcome = g.get(WEBHOOK_OUTCOME)
+        if outcome is None:
+            body = response.get_json(silent=True)
+            outcome = body.get("status") if isinstance(body, dict) else None
         webhook_event("duplicate" if outcome == "duplicate" else "accepted")
     elif status in WEBHOOK_REJECTIONS:
         webhook_event("rejected", WEBHOOK_REJECTIONS[status])

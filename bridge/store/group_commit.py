@@ -27,7 +27,10 @@ class _Pending(Generic[T, R]):
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.done = threading.Event()
+        # Held until the outcome is in: the writer releases it, the caller waits to acquire it
+        # (a plain lock: an Event's condition costs more on both sides, per delivery).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.result: R | None = None
         self.error: BaseException | None = None
 
@@ -58,7 +61,7 @@ class GroupWriter(Generic[T, R]):
         pending: _Pending[T, R] = _Pending(item)
         self._start()
         self._queue.put(pending)
-        if not pending.done.wait(timeout):
+        if not pending.done.acquire(timeout=timeout):
             raise WriterTimeout(f"{self._name}: no outcome after {timeout:.0f} s")
         if pending.error is not None:
             raise pending.error
@@ -111,4 +114,4 @@ class GroupWriter(Generic[T, R]):
                 pending.error = outcome
             else:
                 pending.result = outcome
-            pending.done.set()
+            pending.done.release()

@@ -25,15 +25,15 @@ Directus and a crash never loses an event:
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -195,31 +195,13 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
         fresh.append(index)
     now = utcnow()
     events = [_event_row(deliveries[index], now) for index in fresh]
-    inserted: dict[str, int] = {}
-    job_ids: dict[str, int] = {}
     try:
         with store.engine.begin() as connection:
-            insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-            table = cast(Table, InboxEvent.__table__)
-            # executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT per
-            # batch, from a statement compiled once (its "insertmanyvalues").
-            rows = connection.execute(
-                insert(table)
-                .on_conflict_do_nothing()  # either unique key: a duplicate
-                .returning(table.c.id, table.c.webhook_id),
-                events,
-            )
-            inserted = {str(row.webhook_id): int(row.id) for row in rows}
-            if inserted:
-                jobs = cast(Table, OutboxJob.__table__)
-                rows = connection.execute(
-                    insert(jobs)
-                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                    .returning(jobs.c.id, jobs.c.dedupe_key),
-                    [_job_row(event_id, now) for event_id in inserted.values()],
-                )
-                job_ids = {str(row.dedupe_key): int(row.id) for row in rows}
-    except SQLAlchemyError as exc:
+            if connection.dialect.name == "sqlite":
+                inserted, job_ids = _write_sqlite(connection, events, now)
+            else:
+                inserted, job_ids = _write_core(connection, events, now)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
         log.error("the inbox could not record %d webhook(s): %s", len(fresh), type(exc).__name__)
         failed = InboxUnavailable(type(exc).__name__)
         return [failed] * len(deliveries)
@@ -228,6 +210,94 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
         job_id = job_ids.get(f"event:{event_id}") if event_id is not None else None
         outcomes[index] = Recorded(event_id, duplicate=event_id is None, job_id=job_id)
     return [outcome if outcome is not None else Recorded(None, True) for outcome in outcomes]
+
+
+def _write_core(
+    connection: Connection, events: list[dict[str, Any]], now: datetime
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The group's two INSERTs through SQLAlchemy (PostgreSQL): what `_write_sqlite` does."""
+    table = cast(Table, InboxEvent.__table__)
+    # executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT per batch, from
+    # a statement compiled once (its "insertmanyvalues").
+    rows = connection.execute(
+        pg_insert(table)
+        .on_conflict_do_nothing()  # either unique key: a duplicate
+        .returning(table.c.id, table.c.webhook_id),
+        events,
+    )
+    inserted = {str(row.webhook_id): int(row.id) for row in rows}
+    if not inserted:
+        return inserted, {}
+    jobs = cast(Table, OutboxJob.__table__)
+    rows = connection.execute(
+        pg_insert(jobs)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(jobs.c.id, jobs.c.dedupe_key),
+        [_job_row(event_id, now) for event_id in inserted.values()],
+    )
+    return inserted, {str(row.dedupe_key): int(row.id) for row in rows}
+
+
+# Per table and dialect: its columns in order and each one's bind processor (SQLAlchemy's own
+# conversion of a Python value for the driver: JSON, datetimes, ...).
+_processors: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+
+
+def _insert_returning(
+    connection: Connection, table: Table, rows: list[dict[str, Any]], conflict: str, returned: str
+) -> list[tuple[Any, ...]]:
+    """One multi-row `INSERT ... ON CONFLICT ... DO NOTHING RETURNING id, <returned>` sent
+    with the driver's own cursor, in the connection's transaction: the values converted by
+    the columns' own bind processors, as SQLAlchemy would, without its per-statement and
+    per-row work (a good part of a webhook's CPU on SQLite: docs/performance.md)."""
+    dialect = connection.dialect
+    key = (table.name, dialect.name)
+    columns = _processors.get(key)
+    if columns is None:
+        columns = [
+            (column.name, column.type.dialect_impl(dialect).bind_processor(dialect))
+            for column in table.c
+            if not column.primary_key
+        ]
+        _processors[key] = columns
+    params: list[Any] = []
+    for row in rows:
+        for name, process in columns:
+            value = row[name]
+            params.append(process(value) if process is not None else value)
+    marks = "(" + ", ".join("?" * len(columns)) + ")"
+    # Names from our own table metadata; every value is bound.
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(name for name, _ in columns)}) "  # noqa: S608
+        f"VALUES {', '.join([marks] * len(rows))} "
+        f"ON CONFLICT {conflict} DO NOTHING RETURNING id, {returned}"
+    )
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return list(cursor.execute(sql, params).fetchall())
+    finally:
+        cursor.close()
+
+
+def _write_sqlite(
+    connection: Connection, events: list[dict[str, Any]], now: datetime
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The group's two INSERTs on SQLite (in the transaction `connection` began, under the
+    store's write lock): the events (a duplicate of either unique key is skipped), then the
+    jobs of those inserted. Returns {webhook id: event id}, {job dedupe key: job id}."""
+    if not events:
+        return {}, {}
+    rows = _insert_returning(
+        connection, cast(Table, InboxEvent.__table__), events, "", "webhook_id"
+    )
+    inserted = {str(webhook_id): int(event_id) for event_id, webhook_id in rows}
+    if not inserted:
+        return inserted, {}
+    jobs = [_job_row(event_id, now) for event_id in inserted.values()]
+    rows = _insert_returning(
+        connection, cast(Table, OutboxJob.__table__), jobs, "(dedupe_key)", "dedupe_key"
+    )
+    return inserted, {str(dedupe): int(job_id) for job_id, dedupe in rows}
 
 
 def _event_row(delivery: Delivery, now: datetime) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
-from bridge import logs
+from bridge import logs, metrics
 from bridge.errors import ServiceUnavailable, UnsupportedMediaType
 from bridge.services import get_services
 from bridge.webhooks import inbox
@@ -42,4 +42,6 @@ def refund_status() -> tuple[dict[str, Any], int]:
             "The event could not be recorded; please deliver it again."
         ) from None
     # Recorded: the worker matches and applies it (docs/webhooks.md).
-    return {"status": "duplicate" if recorded.duplicate else "accepted"}, 200
+    outcome = "duplicate" if recorded.duplicate else "accepted"
+    setattr(g, metrics.WEBHOOK_OUTCOME, outcome)  # counted without reading the answer back
+    return {"status": outcome}, 200
