@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -17,12 +18,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask, current_app
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, make_url, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
@@ -59,14 +61,14 @@ def database_url(configured: str | None) -> str:
     return configured or default_database_url(instance_path())
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, write_lock: WriteLock | None = None, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             **kwargs,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, write_lock or sqlite_write_lock(engine.url.database))
         return engine
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
@@ -99,26 +101,32 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(str(exc)) from exc
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _sqlite_settings(dbapi_connection: Any) -> None:
+    # Let the caller, not the driver, open transactions (the driver's would be deferred).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def sqlite_write_lock(database: str | None) -> WriteLock:
+    """The write lock of an SQLite database (see `WriteLock`), its file next to the database."""
+    on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
+    return WriteLock(f"{database}.write.lock" if on_disk else None)
+
+
+def _configure_sqlite(engine: Engine, write_lock: WriteLock) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the driver, open transactions (the driver's would be deferred).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.close()
+        _sqlite_settings(dbapi_connection)
 
-    # One writer at a time, queued on locks that wake the next writer at once: a Python lock
-    # between the threads of a process, a `flock` on `<database>.write.lock` between
-    # processes; instead of on SQLite's busy handler, which sleeps 1 to 100 ms between tries
-    # (the tail of every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE
-    # until the connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
-    database = engine.url.database
-    on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
-    write_lock = _WriteLock(f"{database}.write.lock" if on_disk else None)
+    # One writer at a time, queued on locks that wake the next writer at once (`WriteLock`),
+    # instead of on SQLite's busy handler, which sleeps 1 to 100 ms between tries (the tail of
+    # every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE until the
+    # connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
 
     def release(info: dict[str, Any]) -> None:
         if info.pop(_HOLDS_WRITE_LOCK, False):
@@ -148,11 +156,12 @@ def _configure_sqlite(engine: Engine) -> None:
         release(record.info)
 
 
-class _WriteLock:
-    """The store's write lock of one process: a thread lock, then an exclusive `flock` (the
-    kernel wakes the next process at once, and frees it when its holder dies, even by
-    SIGKILL). Without a lock file (an in-memory database) only the thread lock. A holder
-    only ever waits for SQLite (bounded by its busy timeout), never for another lock."""
+class WriteLock:
+    """The SQLite store's write lock: a thread lock between the threads of a process, then an
+    exclusive `flock` between processes (the kernel wakes the next process at once, and frees
+    it when its holder dies, even by SIGKILL). Without a lock file (an in-memory database) only
+    the thread lock. A holder only ever waits for SQLite (bounded by its busy timeout), never
+    for another lock."""
 
     def __init__(self, path: str | None) -> None:
         self._threads = threading.Lock()
@@ -241,13 +250,18 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        self._write_lock = (
+            sqlite_write_lock(make_url(url).database) if self.dialect == "sqlite" else None
+        )
+        self.engine = make_engine(url, write_lock=self._write_lock)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.read_sessionmaker = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
         )
-        # Per-process writer threads by name (bridge/store/group_commit.py), made on first use.
+        # Per-process group writers by name (bridge/store/group_commit.py), made on first use.
         self.writers: dict[str, Any] = {}
+        self._driver = _DriverConnection(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -263,11 +277,86 @@ class Store:
         with self.read_sessionmaker() as session, session.begin():
             yield session
 
+    @contextmanager
+    def driver_write(self) -> Iterator[Any]:
+        """The process's own driver connection (sqlite3 or psycopg) for one write, outside
+        SQLAlchemy's pool, events and statement work: for a hot path that writes plain rows
+        (the inbox's group write, docs/performance.md). One thread at a time.
+
+        SQLite: inside `BEGIN IMMEDIATE` ... `COMMIT` (rolled back on error), under the store's
+        write lock. PostgreSQL: in autocommit, each statement its own transaction (one round
+        trip): write with one statement (a data-modifying `WITH` inserts into several tables
+        atomically)."""
+        if self._write_lock is None:
+            with self._driver.lock:
+                yield self._driver.get()
+            return
+        if not self._write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise sqlite3.OperationalError("database is locked (the write lock timed out)")
+        try:
+            connection = self._driver.get()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    with suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                raise
+        finally:
+            self._write_lock.release()
+
     def dispose(self) -> None:
-        for writer in list(self.writers.values()):
-            writer.stop()
         self.writers.clear()
+        self._driver.close()
         self.engine.dispose()
+
+
+class _DriverConnection:
+    """A store's own driver connection in this process (`Store.driver_write`), opened
+    on first use with the engine's own connect arguments and settings; opened anew in a
+    forked child, and after a PostgreSQL connection broke or sat idle too long to trust."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.lock = threading.Lock()
+        self._connection: Any = None
+        self._pid = 0
+        self._used = 0.0
+
+    def get(self) -> Any:
+        connection = self._connection
+        if connection is None or self._pid != os.getpid() or self._stale(connection):
+            dialect = self._engine.dialect
+            cargs, cparams = dialect.create_connect_args(self._engine.url)
+            connection = dialect.connect(*cargs, **cparams)
+            if dialect.name == "sqlite":
+                _sqlite_settings(connection)
+            else:
+                connection.autocommit = True  # one statement is one transaction
+            self._connection, self._pid = connection, os.getpid()
+        self._used = time.monotonic()
+        return connection
+
+    def _stale(self, connection: Any) -> bool:
+        if self._engine.dialect.name == "sqlite":
+            return False
+        if connection.closed or connection.broken:
+            return True
+        if time.monotonic() - self._used < PING_AFTER_IDLE_SECONDS:
+            return False
+        try:
+            connection.execute("SELECT 1")
+        except psycopg.Error:
+            return True
+        return False
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and self._pid == os.getpid():
+            with suppress(Exception):
+                connection.close()
 
 
 def get_store() -> Store:

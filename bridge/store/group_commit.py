@@ -1,18 +1,19 @@
-"""Group commit: one writer thread per process, fed by a short in-process queue.
+"""Group commit, leader and followers: writes that arrive together share one transaction.
 
-Request threads hand their write to the writer and wait for its outcome; the writer takes
-whatever is queued (up to `max_group`) and writes it in one transaction. On SQLite this means
-one writer per process instead of one per request thread, so the threads no longer queue on the
-database's single write lock behind SQLite's sleeping busy handler; on PostgreSQL one
-transaction's round trips serve the whole group. Nothing is answered before its group has
-committed (docs/performance.md, docs/webhooks.md).
+A caller that finds nobody writing becomes the leader: it writes its own item at once, on its
+own thread, with whatever queued behind it meanwhile (up to `max_group`). Callers arriving while
+a group is being written queue and wait; when the leader is done it hands each its outcome and
+hands the lead to the first one still queued, which writes the next group. There is no writer
+thread: an uncontended write costs no thread switch, and under load one transaction (one write
+lock, one COMMIT) serves a group. Nothing is answered before its group has committed
+(docs/performance.md, docs/webhooks.md).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -21,22 +22,29 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
+# What became of a queued item (`_Pending.state`, changed only under the writer's mutex).
+_QUEUED = "queued"  # waiting behind a group
+_GROUPED = "grouped"  # taken into a group being written
+_LEADING = "leading"  # handed the lead: it writes the next group
+_DONE = "done"  # its outcome is in
+
 
 class _Pending(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("done", "error", "item", "result", "state")
 
     def __init__(self, item: T) -> None:
         self.item = item
-        # Held until the outcome is in: the writer releases it, the caller waits to acquire it
-        # (a plain lock: an Event's condition costs more on both sides, per delivery).
+        # Held until the item is done or handed the lead: the leader releases it, the caller
+        # waits to acquire it (a plain lock: an Event's condition costs more on both sides).
         self.done = threading.Lock()
         self.done.acquire()
+        self.state = _QUEUED
         self.result: R | None = None
         self.error: BaseException | None = None
 
 
 class WriterTimeout(Exception):
-    """The writer did not finish the item in time (its outcome is unknown to the caller)."""
+    """The item waited too long to be taken into a group; it was withdrawn, never written."""
 
 
 class GroupWriter(Generic[T, R]):
@@ -52,66 +60,70 @@ class GroupWriter(Generic[T, R]):
         self._write = write
         self._max_group = max_group
         self._name = name
-        self._queue: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self._queued: deque[_Pending[T, R]] = deque()
+        self._leading = False
 
     def submit(self, item: T, *, timeout: float) -> R:
-        """Write `item` with the next group; its result, or its exception raised here."""
+        """Write `item` with the next group; its result, or its exception raised here.
+
+        WriterTimeout when no group took it within `timeout` (the write lock held elsewhere
+        all that time): it is then withdrawn, so the caller knows it was not written."""
         pending: _Pending[T, R] = _Pending(item)
-        self._start()
-        self._queue.put(pending)
-        if not pending.done.acquire(timeout=timeout):
-            raise WriterTimeout(f"{self._name}: no outcome after {timeout:.0f} s")
+        with self._mutex:
+            if self._leading:
+                self._queued.append(pending)
+            else:
+                self._leading = True
+                pending.state = _LEADING
+        if pending.state != _LEADING and not pending.done.acquire(timeout=timeout):
+            with self._mutex:
+                if pending.state == _QUEUED:
+                    self._queued.remove(pending)
+                    raise WriterTimeout(f"{self._name}: not written after {timeout:.0f} s")
+            # Taken into a group (its write is bounded by the store's own timeout) or handed
+            # the lead just now (already released): wait for which.
+            pending.done.acquire()
+        if pending.state == _LEADING:
+            self._lead(pending)
         if pending.error is not None:
             raise pending.error
         return pending.result  # type: ignore[return-value]
 
-    def _start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._queue.put(None)
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            stopping = False
-            while len(group) < self._max_group:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                group.append(more)
+    def _lead(self, own: _Pending[T, R]) -> None:
+        """Write `own` and what queued behind it, then hand the lead on (or give it up)."""
+        group = [own]
+        with self._mutex:
+            while self._queued and len(group) < self._max_group:
+                follower = self._queued.popleft()
+                follower.state = _GROUPED
+                group.append(follower)
+        try:
             self._write_group(group)
-            if stopping:
-                return
+        finally:
+            with self._mutex:
+                successor = self._queued.popleft() if self._queued else None
+                if successor is None:
+                    self._leading = False
+                else:
+                    successor.state = _LEADING
+            if successor is not None:
+                successor.done.release()
 
     def _write_group(self, group: list[_Pending[T, R]]) -> None:
         try:
             outcomes = self._write([pending.item for pending in group])
             if len(outcomes) != len(group):
                 raise RuntimeError(f"{self._name}: {len(outcomes)} outcomes for {len(group)}")
-        except BaseException as exc:
+        except BaseException as exc:  # every follower gets an outcome, whatever happened
             log.exception("%s: a group of %d failed", self._name, len(group))
             outcomes = [exc] * len(group)
-        for pending, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                pending.error = outcome
-            else:
-                pending.result = outcome
+        with self._mutex:
+            for pending, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    pending.error = outcome
+                else:
+                    pending.result = outcome
+                pending.state = _DONE
+        for pending in group[1:]:
             pending.done.release()

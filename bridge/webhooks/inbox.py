@@ -24,17 +24,16 @@ Directus and a crash never loses an event:
 
 from __future__ import annotations
 
+import json
 import logging
-import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bridge import logs, metrics
@@ -118,11 +117,12 @@ def stored_headers(headers: Any) -> dict[str, str]:
 
 # -- recording -------------------------------------------------------------------------------
 
-# How long a request waits for its group to be written before it answers 503 (the partner
-# redelivers; a late commit then makes the redelivery a duplicate, never a loss).
+# How long a delivery may wait to be taken into a group before it is answered 503 (the store's
+# write lock held elsewhere all that time; the partner redelivers). It is then withdrawn, never
+# written: nothing is recorded that was not answered 200.
 RECORD_TIMEOUT_SECONDS = 20.0
-# Deliveries written in one transaction at most (the queue rarely holds more than the
-# process's request threads).
+# Deliveries written in one transaction at most (a group rarely holds more than the process's
+# request threads).
 MAX_GROUP = 64
 
 
@@ -147,11 +147,11 @@ def record(
     """Record a verified, valid event with its `process_event` job, or recognise a duplicate;
     return once it is committed. Raises InboxUnavailable when the store cannot record it.
 
-    The write goes through the process's inbox writer (bridge/store/group_commit.py): one thread
-    that writes whatever deliveries are queued in one transaction, two statements for the
-    whole group (the events, deduplicated by the table's unique constraints with ON CONFLICT
-    DO NOTHING, then their jobs). Matching and applying are the worker's (`process_event`,
-    a batch at a time): the answer waits only for the record (docs/webhooks.md)."""
+    Deliveries arriving together are written in one transaction (group commit, leader and
+    followers: bridge/store/group_commit.py), the events deduplicated by the table's unique
+    constraints (ON CONFLICT DO NOTHING). Matching and applying are the worker's
+    (`process_event`, a batch at a time): the answer waits only for the record
+    (docs/webhooks.md)."""
     delivery = Delivery(webhook_id, payload, raw_body, headers)
     try:
         return _writer(services.store).submit(delivery, timeout=RECORD_TIMEOUT_SECONDS)
@@ -180,9 +180,11 @@ def _writer(store: Store) -> GroupWriter[Delivery, Recorded]:
 
 
 def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded | BaseException]:
-    """Write a group of deliveries in one transaction; one outcome per delivery."""
+    """Write a group of deliveries in one transaction, with the store's own driver connection
+    (`Store.driver_write`: SQLAlchemy's per-statement work was a good part of a webhook's CPU,
+    docs/performance.md); one outcome per delivery."""
     outcomes: list[Recorded | BaseException | None] = [None] * len(deliveries)
-    fresh: list[int] = []
+    fresh: list[Delivery] = []
     seen_ids: set[str] = set()
     seen_keys: set[str] = set()
     for index, delivery in enumerate(deliveries):
@@ -192,152 +194,126 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
             continue
         seen_ids.add(delivery.webhook_id)
         seen_keys.add(key)
-        fresh.append(index)
-    now = utcnow()
-    events = [_event_row(deliveries[index], now) for index in fresh]
+    for index, delivery in enumerate(deliveries):
+        if outcomes[index] is None:
+            fresh.append(delivery)
     try:
-        with store.engine.begin() as connection:
-            if connection.dialect.name == "sqlite":
-                inserted, job_ids = _write_sqlite(connection, events, now)
-            else:
-                inserted, job_ids = _write_core(connection, events, now)
-    except (SQLAlchemyError, sqlite3.Error) as exc:
-        log.error("the inbox could not record %d webhook(s): %s", len(fresh), type(exc).__name__)
+        if not fresh:
+            written: dict[str, tuple[int, int | None]] = {}
+        elif store.dialect == "sqlite":
+            written = _write_sqlite(store, fresh)
+        else:
+            written = _write_postgresql(store, fresh)
+    except Exception as exc:
+        # The partner is answered 503 and delivers again; nothing of the group was recorded.
+        log.exception("the inbox could not record %d webhook(s)", len(fresh))
         failed = InboxUnavailable(type(exc).__name__)
         return [failed] * len(deliveries)
-    for index in fresh:
-        event_id = inserted.get(deliveries[index].webhook_id)
-        job_id = job_ids.get(f"event:{event_id}") if event_id is not None else None
-        outcomes[index] = Recorded(event_id, duplicate=event_id is None, job_id=job_id)
-    return [outcome if outcome is not None else Recorded(None, True) for outcome in outcomes]
+    for index, delivery in enumerate(deliveries):
+        if outcomes[index] is None:
+            event_id, job_id = written.get(delivery.webhook_id, (None, None))
+            outcomes[index] = Recorded(event_id, duplicate=event_id is None, job_id=job_id)
+    return cast("list[Recorded | BaseException]", outcomes)
 
 
-def _write_core(
-    connection: Connection, events: list[dict[str, Any]], now: datetime
-) -> tuple[dict[str, int], dict[str, int]]:
-    """The group's two INSERTs through SQLAlchemy (PostgreSQL): what `_write_sqlite` does."""
-    table = cast(Table, InboxEvent.__table__)
-    # executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT per batch, from
-    # a statement compiled once (its "insertmanyvalues").
-    rows = connection.execute(
-        pg_insert(table)
-        .on_conflict_do_nothing()  # either unique key: a duplicate
-        .returning(table.c.id, table.c.webhook_id),
-        events,
-    )
-    inserted = {str(row.webhook_id): int(row.id) for row in rows}
-    if not inserted:
-        return inserted, {}
-    jobs = cast(Table, OutboxJob.__table__)
-    rows = connection.execute(
-        pg_insert(jobs)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(jobs.c.id, jobs.c.dedupe_key),
-        [_job_row(event_id, now) for event_id in inserted.values()],
-    )
-    return inserted, {str(row.dedupe_key): int(row.id) for row in rows}
-
-
-# Per table and dialect: its columns in order and each one's bind processor (SQLAlchemy's own
-# conversion of a Python value for the driver: JSON, datetimes, ...).
-_processors: dict[tuple[str, str], list[tuple[str, Any]]] = {}
-
-
-def _insert_returning(
-    connection: Connection, table: Table, rows: list[dict[str, Any]], conflict: str, returned: str
-) -> list[tuple[Any, ...]]:
-    """One multi-row `INSERT ... ON CONFLICT ... DO NOTHING RETURNING id, <returned>` sent
-    with the driver's own cursor, in the connection's transaction: the values converted by
-    the columns' own bind processors, as SQLAlchemy would, without its per-statement and
-    per-row work (a good part of a webhook's CPU on SQLite: docs/performance.md)."""
-    dialect = connection.dialect
-    key = (table.name, dialect.name)
-    columns = _processors.get(key)
-    if columns is None:
-        columns = [
-            (column.name, column.type.dialect_impl(dialect).bind_processor(dialect))
-            for column in table.c
-            if not column.primary_key
-        ]
-        _processors[key] = columns
-    params: list[Any] = []
-    for row in rows:
-        for name, process in columns:
-            value = row[name]
-            params.append(process(value) if process is not None else value)
-    marks = "(" + ", ".join("?" * len(columns)) + ")"
-    # Names from our own table metadata; every value is bound.
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(name for name, _ in columns)}) "  # noqa: S608
-        f"VALUES {', '.join([marks] * len(rows))} "
-        f"ON CONFLICT {conflict} DO NOTHING RETURNING id, {returned}"
-    )
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        return list(cursor.execute(sql, params).fetchall())
-    finally:
-        cursor.close()
-
-
-def _write_sqlite(
-    connection: Connection, events: list[dict[str, Any]], now: datetime
-) -> tuple[dict[str, int], dict[str, int]]:
-    """The group's two INSERTs on SQLite (in the transaction `connection` began, under the
-    store's write lock): the events (a duplicate of either unique key is skipped), then the
-    jobs of those inserted. Returns {webhook id: event id}, {job dedupe key: job id}."""
-    if not events:
-        return {}, {}
-    rows = _insert_returning(
-        connection, cast(Table, InboxEvent.__table__), events, "", "webhook_id"
-    )
-    inserted = {str(webhook_id): int(event_id) for event_id, webhook_id in rows}
-    if not inserted:
-        return inserted, {}
-    jobs = [_job_row(event_id, now) for event_id in inserted.values()]
-    rows = _insert_returning(
-        connection, cast(Table, OutboxJob.__table__), jobs, "(dedupe_key)", "dedupe_key"
-    )
-    return inserted, {str(dedupe): int(job_id) for job_id, dedupe in rows}
-
-
-def _event_row(delivery: Delivery, now: datetime) -> dict[str, Any]:
+def _event_values(delivery: Delivery, received_at: Any, dumps: Callable[[Any], Any]) -> tuple:
+    """An event's values, in `_EVENT_COLUMNS` order (`dumps`: a JSON column's value)."""
     payload = delivery.payload
+    return (
+        delivery.webhook_id,
+        dedupe_key(payload),
+        payload["refund_id"],
+        payload["external_order_id"],
+        payload["amount_cents"],
+        payload["status"],
+        dumps(payload),
+        delivery.raw_body,
+        dumps(delivery.headers),
+        InboxState.RECEIVED.value,
+        0,  # attempts
+        received_at,
+    )
+
+
+# The columns an event is written with (the others are NULL: refund_id, next_attempt_at,
+# last_error, processed_at); a test checks the rows equal what the ORM would write.
+_EVENT_COLUMNS = (
+    "webhook_id, dedupe_key, ridendine_refund_id, external_order_id, amount_cents, status,"
+    " payload, raw_body, headers, state, attempts, received_at"
+)
+_JOB_COLUMNS = "kind, dedupe_key, payload, state, attempts, next_attempt_at, created_at, updated_at"
+
+
+def _sqlite_timestamp(moment: datetime) -> str:
+    """A UTC datetime as SQLAlchemy stores it on SQLite (models.UTCDateTime)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _write_sqlite(store: Store, deliveries: list[Delivery]) -> dict[str, tuple[int, int | None]]:
+    """The group's two INSERTs on SQLite, in one transaction under the store's write lock:
+    the events (a duplicate of either unique key skipped), then the jobs of those inserted.
+    Returns {webhook id: (event id, job id)} of the events inserted."""
+    now = _sqlite_timestamp(utcnow())
+    params = [value for d in deliveries for value in _event_values(d, now, json.dumps)]
+    events_sql = (
+        f"INSERT INTO inbox_events ({_EVENT_COLUMNS}) "  # noqa: S608 (our names, values bound)
+        f"VALUES {', '.join([_SQLITE_EVENT_MARKS] * len(deliveries))} "
+        "ON CONFLICT DO NOTHING RETURNING id, webhook_id"
+    )
+    with store.driver_write() as connection:
+        inserted = connection.execute(events_sql, params).fetchall()
+        if not inserted:
+            return {}
+        job_params: list[Any] = []
+        for event_id, _webhook_id in inserted:
+            job_params += (JOB_PROCESS_EVENT, f"event:{event_id}", f'{{"event_id": {event_id}}}')
+            job_params += (OutboxState.PENDING.value, 0, now, now, now)
+        jobs_sql = (
+            f"INSERT INTO outbox_jobs ({_JOB_COLUMNS}) "  # noqa: S608 (our names, values bound)
+            f"VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?)'] * len(inserted))} "
+            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+        )
+        jobs = {dedupe: job_id for job_id, dedupe in connection.execute(jobs_sql, job_params)}
     return {
-        "webhook_id": delivery.webhook_id,
-        "dedupe_key": dedupe_key(payload),
-        "ridendine_refund_id": payload["refund_id"],
-        "external_order_id": payload["external_order_id"],
-        "amount_cents": payload["amount_cents"],
-        "status": payload["status"],
-        "payload": payload,
-        "raw_body": delivery.raw_body,
-        "headers": delivery.headers,
-        "state": InboxState.RECEIVED,
-        "refund_id": None,
-        "attempts": 0,
-        "next_attempt_at": None,
-        "last_error": None,
-        "received_at": now,
-        "processed_at": None,
+        str(webhook_id): (int(event_id), jobs.get(f"event:{event_id}"))
+        for event_id, webhook_id in inserted
     }
 
 
-def _job_row(event_id: int, now: datetime) -> dict[str, Any]:
-    return {
-        "kind": JOB_PROCESS_EVENT,
-        "dedupe_key": f"event:{event_id}",
-        "refund_id": None,
-        "payload": {"event_id": event_id},
-        "state": OutboxState.PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "locked_until": None,
-        "locked_by": None,
-        "last_error": None,
-        "created_at": now,
-        "updated_at": now,
-        "done_at": None,
-    }
+_SQLITE_EVENT_MARKS = "(" + ", ".join("?" * len(_EVENT_COLUMNS.split(","))) + ")"
+# PostgreSQL: JSON columns take their text with a cast.
+_PG_EVENT_MARKS = "(%s, %s, %s, %s, %s, %s, %s::json, %s, %s::json, %s, %s, %s)"
+# The events, then their jobs, in one statement (one round trip, one transaction).
+_PG_RECORD_SQL = """
+WITH events AS (
+    INSERT INTO inbox_events ({events}) VALUES {marks}
+    ON CONFLICT DO NOTHING RETURNING id, webhook_id
+), jobs AS (
+    INSERT INTO outbox_jobs ({jobs})
+    SELECT %s, 'event:' || events.id, json_build_object('event_id', events.id), %s, 0, %s, %s, %s
+    FROM events
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key
+)
+SELECT events.id, events.webhook_id, jobs.id
+FROM events LEFT JOIN jobs ON jobs.dedupe_key = 'event:' || events.id
+"""
+
+
+def _write_postgresql(
+    store: Store, deliveries: list[Delivery]
+) -> dict[str, tuple[int, int | None]]:
+    """What `_write_sqlite` does, in one statement (a data-modifying WITH), in autocommit."""
+    now = utcnow()
+    params = [value for d in deliveries for value in _event_values(d, now, json.dumps)]
+    params += (JOB_PROCESS_EVENT, OutboxState.PENDING.value, now, now, now)
+    sql = _PG_RECORD_SQL.format(
+        events=_EVENT_COLUMNS,
+        jobs=_JOB_COLUMNS,
+        marks=", ".join([_PG_EVENT_MARKS] * len(deliveries)),
+    )
+    with store.driver_write() as connection:
+        rows = connection.execute(sql, params).fetchall()
+    return {str(webhook_id): (int(event_id), job_id) for event_id, webhook_id, job_id in rows}
 
 
 def new_owner(prefix: str) -> str:
