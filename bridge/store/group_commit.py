@@ -90,6 +90,11 @@ class GroupWriter(Generic[T, R]):
             raise pending.error
         return pending.result  # type: ignore[return-value]
 
+    def queued(self) -> int:
+        """Callers waiting behind the group being written (for tests and metrics)."""
+        with self._mutex:
+            return len(self._queued)
+
     def _lead(self, own: _Pending[T, R]) -> None:
         """Write `own` and what queued behind it, then hand the lead on (or give it up)."""
         group = [own]

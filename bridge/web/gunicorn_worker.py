@@ -67,7 +67,7 @@ class _Incoming:
         )
 
 
-SWITCH_INTERVAL_SECONDS = float(__import__("os").environ.get("EXP_SWITCH", "0.0005"))
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class BufferingThreadWorker(ThreadWorker):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import psycopg
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -311,8 +312,16 @@ def _write_postgresql(
         jobs=_JOB_COLUMNS,
         marks=", ".join([_PG_EVENT_MARKS] * len(deliveries)),
     )
-    with store.driver_write() as connection:
-        rows = connection.execute(sql, params).fetchall()
+    try:
+        with store.driver_write() as connection:
+            rows = connection.execute(sql, params).fetchall()
+    except psycopg.OperationalError as exc:
+        # The connection was cut (a server restart, an idle timeout): once more, on a new one.
+        # Nothing is written twice: a statement is all or nothing, and if the first did commit
+        # the unique keys make this one find duplicates.
+        log.warning("the inbox's PostgreSQL connection failed (%s); trying a new one", exc)
+        with store.driver_write() as connection:
+            rows = connection.execute(sql, params).fetchall()
     return {str(webhook_id): (int(event_id), job_id) for event_id, webhook_id, job_id in rows}
 
 

@@ -289,3 +289,114 @@ def test_concurrent_duplicates_on_postgresql_are_recorded_once(postgres_url: str
     assert [change.to_status for change in refund.history] == ["PENDING", "REFUNDED"]
     assert len(jobs(services, "notify_result")) == 1
     services.store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store_services(request: pytest.FixtureRequest) -> Services:
+    """An app on SQLite and on PostgreSQL in turn."""
+    url = request.getfixturevalue("database_url" if request.param == "sqlite" else "postgres_url")
+    app = create_app(
+        {
+            "BRIDGE_SETTINGS": make_settings("http://127.0.0.1:9", "unused"),
+            "DATABASE_URL": url,
+            "AUTO_MIGRATE": True,
+        }
+    )
+    services: Services = app.extensions["bridge.services"]
+    request.addfinalizer(services.store.dispose)
+    return services
+
+
+def test_a_recorded_delivery_reads_back_through_the_orm_as_it_was_given(
+    any_store_services: Services,
+) -> None:
+    """The inbox writes its rows with the driver, not the ORM (docs/performance.md): they must
+    read back exactly as the ORM's own would, on either store."""
+    services = any_store_services
+    order = an_order()
+    body = event_body(new_ridendine_id(), order["id"], 5000)
+    payload = parse_event(body)
+    headers = {"webhook-id": "msg_rows", "user-agent": "RideNDine/1 ünïcode"}
+    before = utcnow()
+    [recorded] = inbox.write_deliveries(
+        services.store, [inbox.Delivery("msg_rows", payload, body, headers)]
+    )
+    after = utcnow()
+    assert isinstance(recorded, inbox.Recorded) and not recorded.duplicate
+    with services.store.read_session() as session:
+        event = session.get(InboxEvent, recorded.event_id)
+        job = session.get(OutboxJob, recorded.job_id)
+        assert event is not None and job is not None
+        session.expunge_all()
+    assert event.webhook_id == "msg_rows"
+    assert event.dedupe_key == inbox.dedupe_key(payload)
+    assert (event.ridendine_refund_id, event.external_order_id) == (
+        payload["refund_id"],
+        order["id"],
+    )
+    assert (event.amount_cents, event.status) == (5000, "REFUNDED")
+    assert event.payload == payload and event.headers == headers
+    assert event.raw_body == body
+    assert (event.state, event.attempts, event.refund_id) == (InboxState.RECEIVED, 0, None)
+    assert event.next_attempt_at is None and event.last_error is None
+    assert event.processed_at is None
+    assert before <= event.received_at <= after
+    assert event.received_at.tzinfo is not None
+    assert (job.kind, job.dedupe_key, job.payload) == (
+        inbox.JOB_PROCESS_EVENT,
+        f"event:{event.id}",
+        {"event_id": event.id},
+    )
+    assert (job.state, job.attempts, job.refund_id) == (OutboxState.PENDING, 0, None)
+    assert job.locked_by is None and job.locked_until is None and job.done_at is None
+    assert job.next_attempt_at == job.created_at == job.updated_at == event.received_at
+    # And the worker takes it like any other job.
+    assert outbox.claim(services, owner="me", kinds=(inbox.JOB_PROCESS_EVENT,)) == [job.id]
+
+
+def test_sqlite_timestamps_are_stored_as_sqlalchemy_stores_them(services: Services) -> None:
+    """Ordering and comparisons in SQL (due jobs, housekeeping) compare the stored text."""
+    body = event_body(new_ridendine_id(), an_order()["id"], 5000)
+    [recorded] = inbox.write_deliveries(
+        services.store, [inbox.Delivery("msg_text", parse_event(body), body, {})]
+    )
+    with services.store.session() as session:
+        job = session.get(OutboxJob, recorded.job_id)  # type: ignore[union-attr]
+        assert job is not None
+        job.locked_until = job.created_at  # written by the ORM
+    with services.store.engine.connect() as connection:
+        by_driver, by_orm = connection.exec_driver_sql(
+            "SELECT created_at, locked_until FROM outbox_jobs WHERE id = ?",
+            (recorded.job_id,),  # type: ignore[union-attr]
+        ).one()
+    assert by_driver == by_orm
+
+
+def test_the_inbox_writes_again_after_its_postgresql_connection_was_cut(
+    postgres_url: str,
+) -> None:
+    app = create_app(
+        {
+            "BRIDGE_SETTINGS": make_settings("http://127.0.0.1:9", "unused"),
+            "DATABASE_URL": postgres_url,
+            "AUTO_MIGRATE": True,
+        }
+    )
+    services: Services = app.extensions["bridge.services"]
+    client = app.test_client()
+    order = an_order()
+    first = event_body(new_ridendine_id(), order["id"], 5000)
+    assert post_event(client, first).status_code == 200
+    # A server restart or an idle timeout ends the inbox's own connection.
+    with services.store.engine.begin() as connection:
+        cut = connection.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).all()
+    assert cut, "the inbox's connection was not found"
+    services.store.engine.dispose()  # the pool's connections were cut too (not what is tested)
+    second = event_body(new_ridendine_id(), order["id"], 1000)
+    response = client.post(WEBHOOK_URL, data=second, headers=sign(second))
+    assert response.status_code == 200 and response.get_json() == {"status": "accepted"}
+    assert inbox_count(services) == 2
+    services.store.dispose()
