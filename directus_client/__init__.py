@@ -1,6 +1,6 @@
 """A reusable client for the Directus REST API (no Flask, nothing of the bridge)."""
 
-from directus_client.client import DirectusClient
+from directus_client.client import DirectusClient, read_environment_once
 from directus_client.errors import (
     DirectusError,
     DirectusTimeoutError,
@@ -34,4 +34,5 @@ __all__ = [
     "RateLimitedError",
     "RecordNotUniqueError",
     "UriTooLongError",
+    "read_environment_once",
 ]

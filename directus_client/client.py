@@ -107,6 +107,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, email.utils.mktime_tz(parsed) - time.time())
 
 
+def read_environment_once(session: requests.Session, base_url: str) -> None:
+    """Take the environment's proxy (honouring NO_PROXY) and CA bundle settings for `base_url`
+    now, and stop requests from reading them, and ~/.netrc, again on every request: that was a
+    good part of a call's CPU (docs/performance.md). A later change of the environment needs a
+    restart, like every other setting."""
+    options = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies = dict(options["proxies"] or {})
+    session.verify = options["verify"]
+    session.trust_env = False
+
+
 class DirectusClient:
     """Talks to one Directus instance with one token (thread-safe: one pooled session)."""
 
@@ -152,6 +163,7 @@ class DirectusClient:
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = user_agent
         self.session.headers["Accept"] = "application/json"
+        read_environment_once(self.session, self.base_url)
         self._token = token
 
     def with_token(self, token: str) -> DirectusClient:
@@ -217,8 +229,13 @@ class DirectusClient:
         )
         query = urlsplit(prepared.url or "").query
         prepared.url = f"{url}?{query}" if query else url
-        settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
-        return self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
+        return self.session.send(
+            prepared,
+            timeout=self.timeout,
+            allow_redirects=False,
+            proxies=self.session.proxies,
+            verify=self.session.verify,
+        )
 
     @staticmethod
     def _decode(response: requests.Response, method: str, url: str) -> Any:

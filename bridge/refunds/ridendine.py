@@ -25,6 +25,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from directus_client import read_environment_once
+
 log = logging.getLogger(__name__)
 
 CREATE_REFUND_PATH = "/refunds/create"
@@ -106,6 +108,7 @@ class RideNDineClient:
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = user_agent
         self.session.headers["Accept"] = "application/json"
+        read_environment_once(self.session, self.base_url)
         self._api_key = api_key
 
     def __repr__(self) -> str:  # never show the key
