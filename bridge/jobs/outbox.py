@@ -23,9 +23,9 @@ import socket
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -193,19 +193,31 @@ def enqueue(
         "next_attempt_at": run_at or now,
         "created_at": now,
         "updated_at": now,
+        "locked_by": lease_to or None,
+        "locked_until": now + timedelta(seconds=lease_seconds) if lease_to else None,
     }
-    if lease_to:
-        values["locked_by"] = lease_to
-        values["locked_until"] = now + timedelta(seconds=lease_seconds)
     dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = (
-        insert(OutboxJob)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(OutboxJob.id)
-    )
-    return session.scalar(statement)
+    return session.execute(_enqueue_statement(dialect), values).scalar()
+
+
+_JOBS = cast(Table, OutboxJob.__table__)
+# Statements of the hot paths, built once (their SQL is compiled once and cached; building
+# them per call was a good part of a refund request's CPU: docs/performance.md). Core, not
+# ORM statements: nothing of the session's unit of work is involved.
+_ENQUEUE: dict[str, Any] = {}
+
+
+def _enqueue_statement(dialect: str) -> Any:
+    statement = _ENQUEUE.get(dialect)
+    if statement is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(_JOBS)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(_JOBS.c.id)
+        )
+        _ENQUEUE[dialect] = statement
+    return statement
 
 
 def _due_filter(now: datetime) -> Any:
@@ -454,13 +466,24 @@ def mark_done(session: Session, job_id: int, *, owner: str) -> bool:
     """Record a leased job done in the caller's transaction (its work was done in that same
     transaction, so the two commit together or not at all); False when `owner` no longer
     holds it."""
-    now = utcnow()
-    result = session.execute(
-        update(OutboxJob)
-        .where(OutboxJob.id == job_id, OutboxJob.locked_by == owner)
-        .values(**_done_values(now))
-    )
+    result = session.execute(_MARK_DONE, {"job_id": job_id, "owner": owner, "now": utcnow()})
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+_NOW = bindparam("now", type_=_JOBS.c.updated_at.type)
+_MARK_DONE = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.locked_by == bindparam("owner"))
+    .values(
+        state=OutboxState.DONE.value,
+        attempts=_JOBS.c.attempts + 1,
+        locked_by=None,
+        locked_until=None,
+        updated_at=_NOW,
+        done_at=_NOW,
+        last_error=None,
+    )
+)
 
 
 def _done_values(now: datetime) -> dict[str, Any]:
