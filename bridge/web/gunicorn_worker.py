@@ -75,9 +75,9 @@ class BufferingThreadWorker(ThreadWorker):
 
     def init_process(self) -> None:
         self._incoming: dict[int, _Incoming] = {}
-        # Hand the GIL over sooner (5 ms by default): the inbox's writer thread and the request
-        # threads waiting for it each need it back after every database call, and under load a
-        # busy thread kept it for the whole interval (docs/performance.md).
+        # Hand the GIL over sooner (5 ms by default): a thread holding the store's write lock
+        # needs it back after every database call, and under load a busy thread kept it for
+        # the whole interval while the other process waited for the lock (docs/performance.md).
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         super().init_process()
 

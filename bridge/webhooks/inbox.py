@@ -1,9 +1,8 @@
 """The durable inbox of refund-status webhooks: recording, deduplication and matching.
 
 Recording (`record`): the InboxEvent (raw body, webhook id, the headers worth keeping) and its
-`process_event` outbox job are committed before the webhook is answered 200, by the process's
-inbox writer, which writes the deliveries queued meanwhile in one transaction (group commit,
-bridge/store/group_commit.py). A duplicate (the same `webhook-id`, or the same `refund_id` with the
+`process_event` outbox job are committed before the webhook is answered 200; deliveries
+arriving together share one transaction (group commit, bridge/store/group_commit.py). A duplicate (the same `webhook-id`, or the same `refund_id` with the
 same status) is recognised by the table's unique constraints (ON CONFLICT DO NOTHING), also
 between concurrent deliveries, and changes nothing.
 
@@ -129,7 +128,7 @@ MAX_GROUP = 64
 
 @dataclass(frozen=True)
 class Delivery:
-    """A verified, valid webhook, as the request thread hands it to the inbox's writer."""
+    """A verified, valid webhook, as its request hands it to the inbox's group writer."""
 
     webhook_id: str
     payload: dict[str, Any]
@@ -438,8 +437,8 @@ def process_event(services: Services, job: OutboxJob) -> None:
         _process(services, session, event)
 
 
-# Events applied in one transaction by the worker at most: short enough that a web process's
-# inbox writer never waits long for SQLite's write lock behind it.
+# Events applied in one transaction by the worker at most: short enough that a webhook's
+# record never waits long for SQLite's write lock behind it.
 PROCESS_CHUNK = 25
 
 
