@@ -260,14 +260,20 @@ def claim(
     return ids
 
 
-def run_job(services: Services, job_id: int, *, owner: str | None = None) -> str:
-    """Do one claimed job; return its state afterwards (`done`, `pending` or `dead`)."""
+def run_job(
+    services: Services, job_id: int, *, owner: str | None = None, known: OutboxJob | None = None
+) -> str:
+    """Do one claimed job; return its state afterwards (`done`, `pending` or `dead`).
+
+    `known`: the job as its owner just enqueued it (`run_now`), not read back first."""
     owner = owner or worker_id()
-    with services.store.read_session() as session:
-        job = session.get(OutboxJob, job_id)
-        if job is None or job.state != OutboxState.PENDING or job.locked_by != owner:
-            return job.state if job is not None else "missing"
-        session.expunge(job)
+    job: OutboxJob | None = known
+    if job is None:
+        with services.store.read_session() as session:
+            job = session.get(OutboxJob, job_id)
+            if job is None or job.state != OutboxState.PENDING or job.locked_by != owner:
+                return job.state if job is not None else "missing"
+            session.expunge(job)
     func = HANDLERS.get(job.kind)
     outcome: Exception | None = None
     completed: set[int] = set()
@@ -581,11 +587,34 @@ def complete_in(session: Session, job: OutboxJob) -> bool:
     return True
 
 
-def run_now(services: Services, job_id: int | None, *, owner: str) -> str | None:
-    """Try a job the caller holds the lease of (enqueued with `lease_to=owner`) right away."""
+def run_now(
+    services: Services,
+    job_id: int | None,
+    *,
+    owner: str,
+    kind: str | None = None,
+    refund_id: str | None = None,
+) -> str | None:
+    """Try a job the caller holds the lease of (enqueued with `lease_to=owner`) right away.
+
+    With the `kind` (and `refund_id`) it was enqueued with, the job is not read back first:
+    its owner committed it moments ago, leased to itself, so it is pending and nobody else may
+    run it before the lease runs out (a read per job of a refund request: docs/performance.md).
+    """
     if job_id is None:
         return None
-    return run_job(services, job_id, owner=owner)
+    known = None
+    if kind is not None:
+        known = OutboxJob(
+            id=job_id,
+            kind=kind,
+            refund_id=refund_id,
+            payload={},
+            state=OutboxState.PENDING,
+            attempts=0,
+            locked_by=owner,
+        )
+    return run_job(services, job_id, owner=owner, known=known)
 
 
 def drain(services: Services, *, limit: int | None = None, batch: int = 20) -> int:

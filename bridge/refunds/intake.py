@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bridge import logs
-from bridge.directus.projection import enqueue_projection
+from bridge.directus.projection import JOB_PROJECT_REFUND, enqueue_projection
 from bridge.errors import (
     AmountExceedsRefundable,
     DirectusUnavailable,
@@ -46,7 +46,7 @@ from bridge.jobs import outbox
 from bridge.ledger import ledger
 from bridge.refunds import approval
 from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
-from bridge.refunds.submission import REQUEST_OWNER_PREFIX, enqueue_submission
+from bridge.refunds.submission import JOB_SUBMIT_REFUND, REQUEST_OWNER_PREFIX, enqueue_submission
 from bridge.store.db import lock_order
 from bridge.store.models import IdempotencyRecord, Refund, RefundSource, RefundStatus, utcnow
 from bridge.web.auth import ROLE_CUSTOMER, Caller
@@ -148,8 +148,10 @@ def request_refund(
     # RideNDine first, then Directus: the item is created once, with RideNDine's answer in it,
     # instead of created and then updated (the projection supersedes the one the submission
     # queued; bridge/directus/projection.py).
-    outbox.run_now(services, submit_job, owner=owner)
-    outbox.run_now(services, projection_job, owner=owner)
+    outbox.run_now(services, submit_job, owner=owner, kind=JOB_SUBMIT_REFUND, refund_id=refund_id)
+    outbox.run_now(
+        services, projection_job, owner=owner, kind=JOB_PROJECT_REFUND, refund_id=refund_id
+    )
     answer = answer_for_refund(services, refund_id)
     if key is not None:
         _save_answer(services, caller.scope, key, answer)

@@ -2,9 +2,10 @@
 
 Recording (`record`): the InboxEvent (raw body, webhook id, the headers worth keeping) and its
 `process_event` outbox job are committed before the webhook is answered 200; deliveries
-arriving together share one transaction (group commit, bridge/store/group_commit.py). A duplicate (the same `webhook-id`, or the same `refund_id` with the
-same status) is recognised by the table's unique constraints (ON CONFLICT DO NOTHING), also
-between concurrent deliveries, and changes nothing.
+arriving together share one transaction (group commit, bridge/store/group_commit.py). A
+duplicate (the same `webhook-id`, or the same `refund_id` with the same status) is recognised
+by the table's unique constraints (ON CONFLICT DO NOTHING), also between concurrent
+deliveries, and changes nothing.
 
 Processing, in two outbox jobs so that the webhook's answer waits for neither the ledger nor
 Directus and a crash never loses an event:
