@@ -29,8 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from bridge.config import Settings
 from bridge.directus.alerts import JOB_ALERT_ADMINS, enqueue_admin_alert
 from bridge.directus.in_app import JOB_NOTIFY_IN_APP
+from bridge.directus.review import flag_job_refund
 from bridge.jobs import outbox, registry
-from bridge.ledger.review import flag_job_refund
 from bridge.services import Services, build_services
 from bridge.store import db as store_db
 from bridge.store.models import OutboxJob

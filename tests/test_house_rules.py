@@ -166,6 +166,41 @@ def test_the_ledger_imports_neither_flask_nor_metrics() -> None:
         assert "bridge.metrics" not in imported and "metrics" not in from_bridge, name
 
 
+def bridge_modules_imported(name: str) -> set[str]:
+    """Every module of ours `name` names in an import, runtime or annotation-only, as its
+    dotted name (`from bridge import directus` is `bridge.directus`; relative ones resolved)."""
+    package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
+    named: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            named |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            named.add(base)
+            named |= {f"{base}.{alias.name}" for alias in node.names}
+    return named & MODULES.keys()
+
+
+def test_the_ledger_does_not_import_directus() -> None:
+    """Dependencies point one way: the packages that apply the ledger's decisions (webhooks,
+    refunds, jobs, web) and directus/ use the ledger; the ledger queues no Directus job itself
+    (docs/architecture.md)."""
+    # The finder finds such an import where there is one.
+    assert "bridge.directus.alerts" in bridge_modules_imported("bridge.webhooks.apply")
+    ledger = [name for name in MODULES if name.startswith("bridge.ledger")]
+    assert len(ledger) >= 3
+    found = [
+        f"{name} imports {module}"
+        for name in sorted(ledger)
+        for module in sorted(bridge_modules_imported(name))
+        if module == "bridge.directus" or module.startswith("bridge.directus.")
+    ]
+    assert found == []
+
+
 def test_few_modules_at_the_top_of_bridge_and_few_test_files_at_the_top_of_tests() -> None:
     top = sorted(path.name for path in ROOT.glob("*.py"))
     assert len(top) <= 10, top

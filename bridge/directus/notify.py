@@ -4,7 +4,7 @@ Three outbox job kinds trigger the same Directus Flow (`POST /flows/trigger/<id>
 `refund-result`, provisioned by `refund-bridge flows sync`), which sends the e-mails:
 
 - `notify_result` (dedupe `notify:<refund id>:<status>`): one notification per refund result, to
-  the order's customer and chef and to the admins. Enqueued by bridge/ledger/results.py in the same
+  the order's customer and chef and to the admins. Enqueued by bridge/webhooks/apply.py in the same
   transaction as the status change, so a duplicate webhook never enqueues a second one. The
   outbox job's `done` state is the record that it was sent.
 - `notify_result_admins` (dedupe `notify:<refund id>:<status>:admins`): when Directus will not

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from bridge.directus.review import flag_job_refund
 from bridge.jobs import outbox
 from bridge.ledger import ledger
-from bridge.ledger.review import flag_job_refund
 from bridge.store.models import OutboxJob, Refund, RefundStatus
 from directus_client import DirectusError, DirectusUnavailableError, NotFoundError
 

@@ -2,10 +2,12 @@
 section 3, shared by the webhook inbox (source `webhook`) and the worker's Stripe reconciliation
 (source `reconciliation`).
 
-Pure ledger work inside the caller's session (one transaction): the status change, the review
-flags, and the outbox jobs that carry the result to the outside (the order's two fields in
-Directus, the refunds item, the notification Flow, admin alerts). Nothing here talks to the
-outside, so a result is applied the same way whether Directus is up or not.
+Pure ledger work on a refund of the caller's session (one transaction): the status change and
+the review flags. The outcome names what must carry the result to the outside (the order's two
+fields in Directus, the refunds item, the notification Flow, one admin alert per new review
+reason); bridge/webhooks/apply.py's `apply_result` queues those jobs in the same transaction
+(the ledger imports nothing of directus/). Nothing here talks to the outside, so a result is
+applied the same way whether Directus is up or not.
 
 The rules:
 - REFUNDED: PENDING or FAILED -> REFUNDED; `refunded_amount_cents` is the amount RideNDine
@@ -26,13 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
-
-from bridge.directus.notify import enqueue_notify_result
-from bridge.directus.order_status import enqueue_apply_order
-from bridge.directus.projection import enqueue_projection
 from bridge.ledger import ledger
-from bridge.ledger.review import alert_review, flag_for_review
 from bridge.store.models import Refund, RefundStatus
 
 RESULT_STATUSES = (RefundStatus.REFUNDED, RefundStatus.FAILED)
@@ -40,11 +36,16 @@ DEFAULT_FAILURE_REASON = "RideNDine reported that the refund failed"
 MAX_FAILURE_REASON = 1000
 # The reason ledger.transition records when a FAILED refund becomes REFUNDED.
 REFUNDED_AFTER_FAILED = "refunded after it had failed"
+# The outbox jobs an outcome can ask for (their kinds, bridge/jobs/registry.py).
+JOB_APPLY_ORDER = "apply_order"
+JOB_PROJECT_REFUND = "project_refund"
+JOB_NOTIFY_RESULT = "notify_result"
 
 
 @dataclass
 class ResultOutcome:
-    """What applying one result did to one refund."""
+    """What applying one result did to one refund, and what must be queued for it: one admin
+    alert per review reason (each newly set), then the jobs, in order."""
 
     refund_id: str
     status_before: str
@@ -54,8 +55,7 @@ class ResultOutcome:
     jobs: list[str] = field(default_factory=list)
 
 
-def apply_result(
-    session: Session,
+def apply_to_ledger(
     refund: Refund,
     status: str,
     *,
@@ -64,7 +64,8 @@ def apply_result(
     failure_reason: str | None = None,
     detail: str | None = None,
 ) -> ResultOutcome:
-    """Apply RideNDine's (or Stripe's) final word on `refund`; see the module docstring."""
+    """Apply RideNDine's (or Stripe's) final word on `refund` to the ledger; see the module
+    docstring. The caller queues what the outcome asks for (bridge/webhooks/apply.py)."""
     if status not in RESULT_STATUSES:
         raise ValueError(f"not a refund result: {status!r}")
     outcome = ResultOutcome(
@@ -72,7 +73,7 @@ def apply_result(
     )
 
     def flag(reason: str) -> None:
-        if flag_for_review(session, refund, reason, source=source, project=False):
+        if ledger.mark_for_review(refund, reason, source=source):
             outcome.review_reasons.append(reason)
 
     if refund.status in (RefundStatus.REQUESTED, RefundStatus.DENIED):
@@ -94,11 +95,10 @@ def apply_result(
             outcome.changed = True
             if outcome.status_before == RefundStatus.FAILED:
                 # ledger.transition flagged it; admins hear of it too.
-                alert_review(session, refund, REFUNDED_AFTER_FAILED)
                 outcome.review_reasons.append(REFUNDED_AFTER_FAILED)
             if refunded != refund.amount_cents:
                 flag(f"RideNDine refunded {refunded} cents, {refund.amount_cents} were requested")
-            outcome.jobs += _enqueue_result_jobs(session, refund, RefundStatus.REFUNDED)
+            outcome.jobs += [JOB_APPLY_ORDER, JOB_PROJECT_REFUND, JOB_NOTIFY_RESULT]
     else:
         if refund.status == RefundStatus.PENDING:
             refund.failure_reason = (
@@ -106,7 +106,7 @@ def apply_result(
             )
             ledger.transition(refund, RefundStatus.FAILED, source=source, detail=detail)
             outcome.changed = True
-            outcome.jobs += _enqueue_result_jobs(session, refund, RefundStatus.FAILED)
+            outcome.jobs += [JOB_PROJECT_REFUND, JOB_NOTIFY_RESULT]
         elif refund.status == RefundStatus.REFUNDED:
             # Forward only: the money moved and the order was updated; a person decides.
             flag("RideNDine reported FAILED after the refund had been REFUNDED")
@@ -114,18 +114,6 @@ def apply_result(
 
     if outcome.review_reasons and not outcome.changed:
         # The flag changed the refund's item in Directus even though the status did not.
-        enqueue_projection(session, refund)
-        outcome.jobs.append("project_refund")
+        outcome.jobs.append(JOB_PROJECT_REFUND)
     outcome.status_after = refund.status
     return outcome
-
-
-def _enqueue_result_jobs(session: Session, refund: Refund, status: str) -> list[str]:
-    jobs = []
-    if status == RefundStatus.REFUNDED:
-        enqueue_apply_order(session, refund)
-        jobs.append("apply_order")
-    enqueue_projection(session, refund)
-    enqueue_notify_result(session, refund, status)
-    jobs += ["project_refund", "notify_result"]
-    return jobs

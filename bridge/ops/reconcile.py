@@ -385,68 +385,53 @@ def _compare_stripe(
     sid: str,
     found: stripe_check.StripeRefund | None,
 ) -> None:
-    ledger_says = f"{refund.status} {_ledger_amount(refund)} cents"
-    if found is None:
-        report.mismatches.append(
-            Mismatch(
-                kind=STRIPE_REFUND_MISSING,
-                order_id=refund.order_id,
-                refund_id=refund.id,
-                ledger=ledger_says,
-                directus="-",
-                stripe=f"no refund {sid}",
-                fix="review with RideNDine: the refund id is not Stripe's",
-            )
-        )
+    disagreement = _stripe_disagreement(services, refund, sid, found)
+    if disagreement is None:
         return
+    kind, stripe_says, fix_by_hand = disagreement
+    report.mismatches.append(
+        Mismatch(
+            kind=kind,
+            order_id=refund.order_id,
+            refund_id=refund.id,
+            ledger=f"{refund.status} {_ledger_amount(refund)} cents",
+            directus="-",
+            stripe=stripe_says,
+            fix=fix_by_hand,
+        )
+    )
+
+
+def _stripe_disagreement(
+    services: Services, refund: Refund, sid: str, found: stripe_check.StripeRefund | None
+) -> tuple[str, str, str] | None:
+    """(kind, what Stripe says, the fix) where Stripe and the ledger disagree on a refund."""
+    if found is None:
+        return (
+            STRIPE_REFUND_MISSING,
+            f"no refund {sid}",
+            "review with RideNDine: the refund id is not Stripe's",
+        )
     stripe_says = f"{found.status} {found.amount_cents} cents ({sid})"
     status = refund.status
     if status in (RefundStatus.REQUESTED, RefundStatus.DENIED):
-        report.mismatches.append(
-            Mismatch(
-                kind=STRIPE_STATUS_DIFFERS,
-                order_id=refund.order_id,
-                refund_id=refund.id,
-                ledger=ledger_says,
-                directus="-",
-                stripe=stripe_says,
-                fix="review by hand: Stripe has a refund the bridge never sent (no admin "
-                "approved it)",
-            )
+        return (
+            STRIPE_STATUS_DIFFERS,
+            stripe_says,
+            "review by hand: Stripe has a refund the bridge never sent (no admin approved it)",
         )
-        return
     sent_at = refund.decided_at or refund.created_at  # a refund that waited was sent then
     fresh = utcnow() - sent_at < timedelta(seconds=services.settings.pending_stale_seconds)
     if status == RefundStatus.PENDING and (fresh or found.status in stripe_check.STILL_PENDING):
-        return  # still under way on both sides; the worker's stale check follows it
+        return None  # still under way on both sides; the worker's stale check follows it
     agrees = (status == RefundStatus.REFUNDED and found.status == stripe_check.SUCCEEDED) or (
         status == RefundStatus.FAILED and found.status in stripe_check.FINAL_FAILURES
     )
     if not agrees:
-        report.mismatches.append(
-            Mismatch(
-                kind=STRIPE_STATUS_DIFFERS,
-                order_id=refund.order_id,
-                refund_id=refund.id,
-                ledger=ledger_says,
-                directus="-",
-                stripe=stripe_says,
-                fix="review by hand: Stripe says where the money is",
-            )
-        )
-        return
+        return STRIPE_STATUS_DIFFERS, stripe_says, "review by hand: Stripe says where the money is"
     if status == RefundStatus.REFUNDED and found.amount_cents != _ledger_amount(refund):
-        report.mismatches.append(
-            Mismatch(
-                kind=STRIPE_AMOUNT_DIFFERS,
-                order_id=refund.order_id,
-                refund_id=refund.id,
-                ledger=ledger_says,
-                directus="-",
-                stripe=stripe_says,
-                fix="review by hand: Stripe says what was refunded",
-            )
-        )
+        return STRIPE_AMOUNT_DIFFERS, stripe_says, "review by hand: Stripe says what was refunded"
+    return None
 
 
 def _ledger_amount(refund: Refund) -> int:

@@ -1,5 +1,6 @@
 """Applying a matched refund-status webhook to the ledger (bridge/ledger/results.py), for the
-inbox's jobs and for the Stripe check's (docs/webhooks.md)."""
+inbox's jobs and for the Stripe check's (docs/webhooks.md), and queueing the Directus jobs that
+carry a result out."""
 
 from __future__ import annotations
 
@@ -8,12 +9,49 @@ import logging
 from sqlalchemy.orm import Session
 
 from bridge.directus.alerts import enqueue_admin_alert
-from bridge.ledger import ledger
-from bridge.ledger.results import apply_result
-from bridge.ledger.review import flag_for_review
+from bridge.directus.notify import enqueue_notify_result
+from bridge.directus.order_status import enqueue_apply_order
+from bridge.directus.projection import enqueue_projection
+from bridge.directus.review import alert_review, flag_for_review
+from bridge.ledger import ledger, results
 from bridge.store.models import InboxEvent, InboxState, Refund, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def apply_result(
+    session: Session,
+    refund: Refund,
+    status: str,
+    *,
+    amount_cents: int | None,
+    source: str,
+    failure_reason: str | None = None,
+    detail: str | None = None,
+) -> results.ResultOutcome:
+    """Apply a result to the ledger (bridge/ledger/results.py) and queue, in the same
+    transaction, what its outcome asks for: one admin alert per new review reason, then the
+    order's fields, the refunds item and the notification."""
+    outcome = results.apply_to_ledger(
+        refund,
+        status,
+        amount_cents=amount_cents,
+        source=source,
+        failure_reason=failure_reason,
+        detail=detail,
+    )
+    for reason in outcome.review_reasons:
+        alert_review(session, refund, reason)
+    for job in outcome.jobs:
+        if job == results.JOB_APPLY_ORDER:
+            enqueue_apply_order(session, refund)
+        elif job == results.JOB_PROJECT_REFUND:
+            enqueue_projection(session, refund)
+        elif job == results.JOB_NOTIFY_RESULT:
+            enqueue_notify_result(session, refund, outcome.status_after)
+        else:
+            raise ValueError(f"no such result job: {job!r}")
+    return outcome
 
 
 def apply_event(session: Session, event: InboxEvent, refund: Refund) -> None:

@@ -39,9 +39,9 @@ from sqlalchemy.orm import Session
 
 from bridge import logs, metrics
 from bridge.directus.alerts import enqueue_admin_alert
+from bridge.directus.review import flag_for_review
 from bridge.jobs import outbox
 from bridge.ledger import ledger
-from bridge.ledger.review import flag_for_review
 from bridge.store.db import Store, lock_order
 from bridge.store.group_commit import GroupWriter, WriterTimeout
 from bridge.store.models import (

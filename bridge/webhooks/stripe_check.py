@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from sqlalchemy import func, select
 
+from bridge.directus.review import flag_for_review, flag_job_refund
 from bridge.jobs import outbox
-from bridge.ledger import ledger, results
-from bridge.ledger.review import flag_for_review, flag_job_refund
+from bridge.ledger import ledger
 from bridge.metrics import instrumented_session
 from bridge.store.db import lock_order
 from bridge.store.models import InboxEvent, InboxState, OutboxJob, Refund, RefundStatus, utcnow
-from bridge.webhooks.apply import apply_event
+from bridge.webhooks.apply import apply_event, apply_result
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -388,7 +388,7 @@ def _apply_verdict(services: Services, refund_id: str, verdict: Verdict) -> None
         if refund is None or refund.status != RefundStatus.PENDING:
             return
         if verdict.check == Check.CONFIRMED and found is not None:
-            results.apply_result(
+            apply_result(
                 session,
                 refund,
                 RefundStatus.REFUNDED,
@@ -397,7 +397,7 @@ def _apply_verdict(services: Services, refund_id: str, verdict: Verdict) -> None
                 detail=f"{verdict.reason}; no webhook came",
             )
         elif verdict.check == Check.FAILED:
-            results.apply_result(
+            apply_result(
                 session,
                 refund,
                 RefundStatus.FAILED,

@@ -10,8 +10,8 @@ import pytest
 
 from bridge import create_app
 from bridge.directus.in_app import JOB_NOTIFY_IN_APP, notify_admins_in_app
+from bridge.directus.review import flag_for_review
 from bridge.jobs import outbox
-from bridge.ledger.review import flag_for_review
 from bridge.services import Services
 from bridge.store.models import OutboxState, Refund
 from devstack.directus import DirectusServer

@@ -14,9 +14,9 @@ from flask import Flask
 from bridge import create_app
 from bridge.directus.alerts import enqueue_admin_alert
 from bridge.ledger.money import format_amount
-from bridge.ledger.results import apply_result
 from bridge.services import Services
 from bridge.store.models import OutboxState, Refund
+from bridge.webhooks.apply import apply_result
 from devstack.directus import DirectusServer
 from devstack.net import wait_until
 from devstack.smtp import SmtpSink

@@ -1,5 +1,6 @@
 """The state machine of refund results (bridge/ledger/results.py), on the real store: what each
-result does to the refund and which outbox jobs it queues. The Directus side of those jobs is
+result does to the refund and which outbox jobs it queues (through bridge/webhooks/apply.py's
+apply_result, which queues what the ledger's outcome names). The Directus side of those jobs is
 tested in tests/webhooks/test_directus.py."""
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import pytest
 from flask import Flask
 
 from bridge.ledger.ledger import SOURCE_RECONCILIATION, SOURCE_WEBHOOK
-from bridge.ledger.results import ResultOutcome, apply_result
+from bridge.ledger.results import ResultOutcome, apply_to_ledger
 from bridge.services import Services
 from bridge.store.models import Refund, RefundStatus
+from bridge.webhooks.apply import apply_result
 from tests.support.helpers import unique_id
 from tests.support.webhook_helpers import jobs, load_refund, make_pending_refund
 
@@ -188,3 +190,18 @@ def test_only_results_are_applied(services: Services) -> None:
     refund_id = make_pending_refund(services, an_order())
     with pytest.raises(ValueError, match="not a refund result"):
         apply(services, refund_id, "PENDING", 5000)
+
+
+def test_the_ledger_alone_queues_nothing_and_names_the_jobs_and_alerts(
+    services: Services,
+) -> None:
+    refund_id = make_pending_refund(services, an_order(), amount_cents=5000)
+    with services.store.session() as session:
+        refund = session.get(Refund, refund_id)
+        assert refund is not None
+        outcome = apply_to_ledger(refund, "REFUNDED", amount_cents=4000, source=SOURCE_WEBHOOK)
+    assert outcome.changed and outcome.status_after == "REFUNDED"
+    assert outcome.jobs == ["apply_order", "project_refund", "notify_result"]
+    assert outcome.review_reasons == ["RideNDine refunded 4000 cents, 5000 were requested"]
+    assert load_refund(services, refund_id).needs_review is True
+    assert kinds(services) == []

@@ -388,6 +388,38 @@ def test_a_pending_refund_stripe_already_settled_is_reported_once_stale(
     ]
 
 
+def test_stripe_refunding_another_amount_or_not_having_the_refund_is_for_a_person(
+    normal_run: dict[str, dict[str, Any]], env: dict[str, str], fake_stripe: FakeStripe
+) -> None:
+    full, partial = normal_run["full"], normal_run["partial"]
+    fake_stripe.refunds[full["ridendine_refund_id"]]["amount"] = 9_000
+    del fake_stripe.refunds[partial["ridendine_refund_id"]]
+    code, report = run_reconcile(env, "--fix")
+    assert code == 1
+    assert sorted(report["mismatches"], key=lambda m: m["kind"]) == [
+        {
+            "kind": reconcile.STRIPE_AMOUNT_DIFFERS,
+            "order_id": full["order_id"],
+            "refund_id": full["id"],
+            "ledger": "REFUNDED 10000 cents",
+            "directus": "-",
+            "stripe": f"succeeded 9000 cents ({full['ridendine_refund_id']})",
+            "fix": "review by hand: Stripe says what was refunded",
+            "fixed": False,
+        },
+        {
+            "kind": reconcile.STRIPE_REFUND_MISSING,
+            "order_id": partial["order_id"],
+            "refund_id": partial["id"],
+            "ledger": "REFUNDED 3000 cents",
+            "directus": "-",
+            "stripe": f"no refund {partial['ridendine_refund_id']}",
+            "fix": "review with RideNDine: the refund id is not Stripe's",
+            "fixed": False,
+        },
+    ]
+
+
 def test_directus_down_is_exit_2_with_one_line(env: dict[str, str], bridge: Flask) -> None:
     down = {**env, "BRIDGE_DIRECTUS_URL": "http://127.0.0.1:9", "BRIDGE_STRIPE_API_KEY": ""}
     services: Services = bridge.extensions["bridge.services"]

@@ -1,5 +1,8 @@
 """Flagging a refund for review: the ledger's flag, one admin alert per refund and reason, and
-the refund's Directus item updated so that the flag shows there (docs/refunds.md)."""
+the refund's Directus item updated so that the flag shows there (docs/refunds.md).
+
+Here, not in ledger/, because it queues Directus jobs: the ledger imports nothing of directus/
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
