@@ -63,6 +63,23 @@ def wait_queued(writer: GroupWriter[str, object], count: int) -> None:
         time.sleep(0.005)
 
 
+def first_then_queued(
+    writer: GroupWriter[str, object], write: Recorder, others: list[str]
+) -> dict[str, object]:
+    """ "first" is written while `others` queue behind it; then its write goes on and every
+    caller's outcome is returned."""
+    results: dict[str, object] = {}
+    write.hold()
+    first = submit_in_thread(writer, "first", results)
+    assert write.writing.wait(WAIT)
+    queued = [submit_in_thread(writer, item, results) for item in others]
+    wait_queued(writer, len(others))
+    write.release()
+    for thread in [first, *queued]:
+        thread.join(WAIT)
+    return results
+
+
 def test_a_lone_item_is_written_at_once_by_its_own_caller() -> None:
     write = Recorder()
     writer: GroupWriter[str, object] = GroupWriter(write)
@@ -74,15 +91,7 @@ def test_a_lone_item_is_written_at_once_by_its_own_caller() -> None:
 def test_items_arriving_during_a_write_share_the_next_group_written_by_one_of_them() -> None:
     write = Recorder()
     writer: GroupWriter[str, object] = GroupWriter(write)
-    results: dict[str, object] = {}
-    write.hold()
-    first = submit_in_thread(writer, "first", results)
-    assert write.writing.wait(WAIT)
-    followers = [submit_in_thread(writer, f"f{i}", results) for i in range(5)]
-    wait_queued(writer, 5)
-    write.release()
-    for thread in [first, *followers]:
-        thread.join(WAIT)
+    results = first_then_queued(writer, write, [f"f{i}" for i in range(5)])
     assert len(write.groups) == 2
     assert write.groups[0] == ["first"]
     assert sorted(write.groups[1]) == [f"f{i}" for i in range(5)]
@@ -95,15 +104,7 @@ def test_items_arriving_during_a_write_share_the_next_group_written_by_one_of_th
 def test_a_group_holds_at_most_max_group_items() -> None:
     write = Recorder()
     writer: GroupWriter[str, object] = GroupWriter(write, max_group=2)
-    results: dict[str, object] = {}
-    write.hold()
-    first = submit_in_thread(writer, "first", results)
-    assert write.writing.wait(WAIT)
-    followers = [submit_in_thread(writer, f"f{i}", results) for i in range(5)]
-    wait_queued(writer, 5)
-    write.release()
-    for thread in [first, *followers]:
-        thread.join(WAIT)
+    results = first_then_queued(writer, write, [f"f{i}" for i in range(5)])
     # The first alone; then each new leader takes itself and one follower.
     assert [len(group) for group in write.groups] == [1, 2, 2, 1]
     assert len(results) == 6
@@ -130,15 +131,7 @@ def test_an_outcome_that_is_an_exception_is_raised_to_its_caller_only() -> None:
         outcome=lambda item: ValueError(f"no {item}") if item.startswith("bad") else item
     )
     writer: GroupWriter[str, object] = GroupWriter(write)
-    results: dict[str, object] = {}
-    write.hold()
-    first = submit_in_thread(writer, "first", results)
-    assert write.writing.wait(WAIT)
-    others = [submit_in_thread(writer, item, results) for item in ("bad-1", "good")]
-    wait_queued(writer, 2)
-    write.release()
-    for thread in [first, *others]:
-        thread.join(WAIT)
+    results = first_then_queued(writer, write, ["bad-1", "good"])
     assert results["first"] == "first" and results["good"] == "good"
     assert isinstance(results["bad-1"], ValueError)
 
