@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from bridge.jobs import outbox
 from bridge.ledger.ledger import history_to_list, refund_to_dict
@@ -123,6 +123,18 @@ def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool
             )
 
 
+# Built once (a refund request's CPU: docs/performance.md).
+_PROJECTED_BEFORE = (
+    select(OutboxJob.id)
+    .where(
+        OutboxJob.kind == JOB_PROJECT_REFUND,
+        OutboxJob.refund_id == bindparam("refund_id"),
+        OutboxJob.state == outbox.OutboxState.DONE,
+    )
+    .limit(1)
+)
+
+
 def project_refund(services: Services, job: OutboxJob) -> None:
     with services.store.read_session() as session:
         # The queued projections are read before the refund: each was committed with a change
@@ -131,16 +143,7 @@ def project_refund(services: Services, job: OutboxJob) -> None:
             session, JOB_PROJECT_REFUND, job.refund_id, owner=job.locked_by, exclude=job.id
         )
         projected_before = (
-            session.scalar(
-                select(OutboxJob.id)
-                .where(
-                    OutboxJob.kind == JOB_PROJECT_REFUND,
-                    OutboxJob.refund_id == job.refund_id,
-                    OutboxJob.state == outbox.OutboxState.DONE,
-                )
-                .limit(1)
-            )
-            is not None
+            session.scalar(_PROJECTED_BEFORE, {"refund_id": job.refund_id}) is not None
         )
         refund = session.get(Refund, job.refund_id)
         if refund is None:

@@ -514,12 +514,6 @@ def _pending_held_by(owner: str, job_ids: list[int]) -> ColumnElement[bool]:
     )
 
 
-def _free_or_held_by(owner: str | None) -> ColumnElement[bool]:
-    if owner is None:
-        return OutboxJob.locked_by.is_(None)
-    return or_(OutboxJob.locked_by.is_(None), OutboxJob.locked_by == owner)
-
-
 def pending_job_ids(
     session: Session, kind: str, refund_id: str | None, *, owner: str | None, exclude: int
 ) -> list[int]:
@@ -527,18 +521,8 @@ def pending_job_ids(
     does the same work from the current state may complete (`complete_superseded`)."""
     if refund_id is None:
         return []
-    holder = _free_or_held_by(owner)
-    return list(
-        session.scalars(
-            select(OutboxJob.id).where(
-                OutboxJob.kind == kind,
-                OutboxJob.refund_id == refund_id,
-                OutboxJob.state == OutboxState.PENDING,
-                OutboxJob.id != exclude,
-                holder,
-            )
-        )
-    )
+    values = {"kind": kind, "refund_id": refund_id, "owner": owner, "exclude": exclude}
+    return list(session.scalars(_PENDING_OF_REFUND, values))
 
 
 def complete_superseded(services: Services, job_ids: list[int], *, owner: str | None) -> int:
@@ -554,25 +538,38 @@ def complete_superseded_in(session: Session, job_ids: list[int], *, owner: str |
     """`complete_superseded` in the caller's transaction."""
     if not job_ids:
         return 0
-    now = utcnow()
-    holder = _free_or_held_by(owner)
-    done = list(
-        session.scalars(
-            update(OutboxJob)
-            .where(OutboxJob.id.in_(job_ids), OutboxJob.state == OutboxState.PENDING, holder)
-            .values(
-                state=OutboxState.DONE,
-                locked_by=None,
-                locked_until=None,
-                updated_at=now,
-                done_at=now,
-                last_error="superseded: a later run did the same work",
-            )
-            .returning(OutboxJob.id)
-        )
-    )
+    values = {"job_ids": job_ids, "owner": owner, "now": utcnow()}
+    done = list(session.scalars(_COMPLETE_SUPERSEDED, values))
     # Not counted in the job-run metrics: these jobs never ran (their attempts stay 0).
     return len(done)
+
+
+# Free, or held by the bindparam "owner" (None: free only; `= NULL` is never true).
+_FREE_OR_HELD = or_(_JOBS.c.locked_by.is_(None), _JOBS.c.locked_by == bindparam("owner"))
+_PENDING_OF_REFUND = select(_JOBS.c.id).where(
+    _JOBS.c.kind == bindparam("kind"),
+    _JOBS.c.refund_id == bindparam("refund_id"),
+    _JOBS.c.state == OutboxState.PENDING.value,
+    _JOBS.c.id != bindparam("exclude"),
+    _FREE_OR_HELD,
+)
+_COMPLETE_SUPERSEDED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(bindparam("job_ids", expanding=True)),
+        _JOBS.c.state == OutboxState.PENDING.value,
+        _FREE_OR_HELD,
+    )
+    .values(
+        state=OutboxState.DONE.value,
+        locked_by=None,
+        locked_until=None,
+        updated_at=_NOW,
+        done_at=_NOW,
+        last_error="superseded: a later run did the same work",
+    )
+    .returning(_JOBS.c.id)
+)
 
 
 def complete_in(session: Session, job: OutboxJob) -> bool:

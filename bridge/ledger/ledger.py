@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from bridge.store.models import Refund, RefundStatus, RefundStatusChange, utcnow
@@ -100,16 +100,25 @@ def counted_cents(refund: Refund) -> int:
 def committed_cents(session: Session, order_id: str) -> int:
     """The sum of the order's refunds that are not FAILED or DENIED (what they refund or will,
     REQUESTED ones included: waiting requests never add up beyond what was paid)."""
-    refunded = func.coalesce(Refund.refunded_amount_cents, Refund.amount_cents)
-    amount = func.sum(
-        case((Refund.status == RefundStatus.REFUNDED, refunded), else_=Refund.amount_cents)
-    )
-    total = session.scalar(
-        select(func.coalesce(amount, 0)).where(
-            Refund.order_id == order_id, Refund.status.not_in(RELEASED)
-        )
-    )
+    total = session.scalar(_COMMITTED, {"order_id": order_id})
     return int(total or 0)
+
+
+# Built once: it runs under the order's lock in every refund request (docs/performance.md).
+_COMMITTED = select(
+    func.coalesce(
+        func.sum(
+            case(
+                (
+                    Refund.status == RefundStatus.REFUNDED,
+                    func.coalesce(Refund.refunded_amount_cents, Refund.amount_cents),
+                ),
+                else_=Refund.amount_cents,
+            )
+        ),
+        0,
+    )
+).where(Refund.order_id == bindparam("order_id"), Refund.status.not_in(RELEASED))
 
 
 def refunded_cents(session: Session, order_id: str) -> int:
