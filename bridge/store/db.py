@@ -61,14 +61,14 @@ def database_url(configured: str | None) -> str:
     return configured or default_database_url(instance_path())
 
 
-def make_engine(url: str, *, write_lock: WriteLock | None = None, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, write_lock: _WriteLock | None = None, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             **kwargs,
         )
-        _configure_sqlite(engine, write_lock or sqlite_write_lock(engine.url.database))
+        _configure_sqlite(engine, write_lock or _sqlite_write_lock(engine.url.database))
         return engine
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
@@ -112,18 +112,18 @@ def _sqlite_settings(dbapi_connection: Any) -> None:
     cursor.close()
 
 
-def sqlite_write_lock(database: str | None) -> WriteLock:
-    """The write lock of an SQLite database (see `WriteLock`), its file next to the database."""
+def _sqlite_write_lock(database: str | None) -> _WriteLock:
+    """The write lock of an SQLite database (see `_WriteLock`), its file next to the database."""
     on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
-    return WriteLock(f"{database}.write.lock" if on_disk else None)
+    return _WriteLock(f"{database}.write.lock" if on_disk else None)
 
 
-def _configure_sqlite(engine: Engine, write_lock: WriteLock) -> None:
+def _configure_sqlite(engine: Engine, write_lock: _WriteLock) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         _sqlite_settings(dbapi_connection)
 
-    # One writer at a time, queued on locks that wake the next writer at once (`WriteLock`),
+    # One writer at a time, queued on locks that wake the next writer at once (`_WriteLock`),
     # instead of on SQLite's busy handler, which sleeps 1 to 100 ms between tries (the tail of
     # every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE until the
     # connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
@@ -156,7 +156,7 @@ def _configure_sqlite(engine: Engine, write_lock: WriteLock) -> None:
         release(record.info)
 
 
-class WriteLock:
+class _WriteLock:
     """The SQLite store's write lock: a thread lock between the threads of a process, then an
     exclusive `flock` between processes (the kernel wakes the next process at once, and frees
     it when its holder dies, even by SIGKILL). Without a lock file (an in-memory database) only
@@ -264,7 +264,7 @@ class Store:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         self._write_lock = (
-            sqlite_write_lock(make_url(url).database) if self.dialect == "sqlite" else None
+            _sqlite_write_lock(make_url(url).database) if self.dialect == "sqlite" else None
         )
         self.engine = make_engine(url, write_lock=self._write_lock)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)

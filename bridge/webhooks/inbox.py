@@ -28,7 +28,6 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -195,9 +194,7 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
             continue
         seen_ids.add(delivery.webhook_id)
         seen_keys.add(key)
-    for index, delivery in enumerate(deliveries):
-        if outcomes[index] is None:
-            fresh.append(delivery)
+        fresh.append(delivery)
     try:
         if not fresh:
             written: dict[str, tuple[int, int | None]] = {}
@@ -217,8 +214,8 @@ def write_deliveries(store: Store, deliveries: list[Delivery]) -> list[Recorded 
     return cast("list[Recorded | BaseException]", outcomes)
 
 
-def _event_values(delivery: Delivery, received_at: Any, dumps: Callable[[Any], Any]) -> tuple:
-    """An event's values, in `_EVENT_COLUMNS` order (`dumps`: a JSON column's value)."""
+def _event_values(delivery: Delivery, received_at: Any) -> tuple[Any, ...]:
+    """An event's values, in `_EVENT_COLUMNS` order (JSON columns as their text)."""
     payload = delivery.payload
     return (
         delivery.webhook_id,
@@ -227,9 +224,9 @@ def _event_values(delivery: Delivery, received_at: Any, dumps: Callable[[Any], A
         payload["external_order_id"],
         payload["amount_cents"],
         payload["status"],
-        dumps(payload),
+        json.dumps(payload),
         delivery.raw_body,
-        dumps(delivery.headers),
+        json.dumps(delivery.headers),
         InboxState.RECEIVED.value,
         0,  # attempts
         received_at,
@@ -255,7 +252,7 @@ def _write_sqlite(store: Store, deliveries: list[Delivery]) -> dict[str, tuple[i
     the events (a duplicate of either unique key skipped), then the jobs of those inserted.
     Returns {webhook id: (event id, job id)} of the events inserted."""
     now = _sqlite_timestamp(utcnow())
-    params = [value for d in deliveries for value in _event_values(d, now, json.dumps)]
+    params = [value for d in deliveries for value in _event_values(d, now)]
     events_sql = (
         f"INSERT INTO inbox_events ({_EVENT_COLUMNS}) "  # noqa: S608 (our names, values bound)
         f"VALUES {', '.join([_SQLITE_EVENT_MARKS] * len(deliveries))} "
@@ -305,7 +302,7 @@ def _write_postgresql(
 ) -> dict[str, tuple[int, int | None]]:
     """What `_write_sqlite` does, in one statement (a data-modifying WITH), in autocommit."""
     now = utcnow()
-    params = [value for d in deliveries for value in _event_values(d, now, json.dumps)]
+    params = [value for d in deliveries for value in _event_values(d, now)]
     params += (JOB_PROCESS_EVENT, OutboxState.PENDING.value, now, now, now)
     sql = _PG_RECORD_SQL.format(
         events=_EVENT_COLUMNS,
