@@ -12,6 +12,7 @@ projection job of the same refund queued before that read: those are recorded do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
@@ -136,22 +137,35 @@ _PROJECTED_BEFORE = (
 
 
 def project_refund(services: Services, job: OutboxJob) -> None:
+    project(services, job)
+
+
+def project(
+    services: Services,
+    job: OutboxJob,
+    *,
+    create_first: bool | None = None,
+    then: Callable[[Session, Refund], None] | None = None,
+) -> Refund:
+    """Do a projection job; return the refund as projected. `create_first`: whether to create
+    the item before trying an update (None: when no projection of the refund was done yet);
+    `then(session, refund)` runs in the transaction that records the job done (a refund
+    request saves its answer there: bridge/refunds/intake.py)."""
     with services.store.read_session() as session:
         # The queued projections are read before the refund: each was committed with a change
         # that the refund read next includes, so this run covers them.
         covered = outbox.pending_job_ids(
             session, JOB_PROJECT_REFUND, job.refund_id, owner=job.locked_by, exclude=job.id
         )
-        projected_before = (
-            session.scalar(_PROJECTED_BEFORE, {"refund_id": job.refund_id}) is not None
-        )
+        if create_first is None:
+            create_first = session.scalar(_PROJECTED_BEFORE, {"refund_id": job.refund_id}) is None
         refund = session.get(Refund, job.refund_id)
         if refund is None:
             raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
         refund.history  # noqa: B018 - load before the session closes
         session.expunge(refund)
     try:
-        upsert_refund_item(services, refund, create_first=not projected_before)
+        upsert_refund_item(services, refund, create_first=create_first)
     except InvalidForeignKeyError:
         # The order is not in Directus (deleted, or never there): retrying cannot help. The
         # dead job flags the refund and alerts admins (the worker's fallback for dead jobs).
@@ -162,3 +176,6 @@ def project_refund(services: Services, job: OutboxJob) -> None:
         # The jobs this run covered and the job itself, done in one transaction.
         outbox.complete_superseded_in(session, covered, owner=job.locked_by)
         outbox.complete_in(session, job)
+        if then is not None:
+            then(session, refund)
+    return refund

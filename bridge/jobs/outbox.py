@@ -261,11 +261,17 @@ def claim(
 
 
 def run_job(
-    services: Services, job_id: int, *, owner: str | None = None, known: OutboxJob | None = None
+    services: Services,
+    job_id: int,
+    *,
+    owner: str | None = None,
+    known: OutboxJob | None = None,
+    handler: Handler | None = None,
 ) -> str:
     """Do one claimed job; return its state afterwards (`done`, `pending` or `dead`).
 
-    `known`: the job as its owner just enqueued it (`run_now`), not read back first."""
+    `known`: the job as its owner just enqueued it (`run_now`), not read back first.
+    `handler`: instead of the registered one, for this attempt only (`run_now`)."""
     owner = owner or worker_id()
     job: OutboxJob | None = known
     if job is None:
@@ -274,7 +280,7 @@ def run_job(
             if job is None or job.state != OutboxState.PENDING or job.locked_by != owner:
                 return job.state if job is not None else "missing"
             session.expunge(job)
-    func = HANDLERS.get(job.kind)
+    func = handler or HANDLERS.get(job.kind)
     outcome: Exception | None = None
     completed: set[int] = set()
     token = _completed_in_handler.set(completed)
@@ -492,6 +498,30 @@ _MARK_DONE = (
 )
 
 
+def keep_lease(
+    session: Session, job_id: int, *, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> bool:
+    """Renew, in the caller's transaction, the lease of a pending job `owner` holds; False when
+    it no longer holds it (the lease ran out and a worker took the job, or it is done)."""
+    values = {
+        "job_id": job_id,
+        "owner": owner,
+        "until": utcnow() + timedelta(seconds=lease_seconds),
+    }
+    return bool(session.execute(_KEEP_LEASE, values).rowcount)  # type: ignore[attr-defined]
+
+
+_KEEP_LEASE = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.locked_by == bindparam("owner"),
+        _JOBS.c.state == OutboxState.PENDING.value,
+    )
+    .values(locked_until=bindparam("until", type_=_JOBS.c.locked_until.type))
+)
+
+
 def _done_values(now: datetime) -> dict[str, Any]:
     """The columns of a job recorded done (its lease released)."""
     return {
@@ -591,12 +621,15 @@ def run_now(
     owner: str,
     kind: str | None = None,
     refund_id: str | None = None,
+    handler: Handler | None = None,
 ) -> str | None:
     """Try a job the caller holds the lease of (enqueued with `lease_to=owner`) right away.
 
     With the `kind` (and `refund_id`) it was enqueued with, the job is not read back first:
     its owner committed it moments ago, leased to itself, so it is pending and nobody else may
     run it before the lease runs out (a read per job of a refund request: docs/performance.md).
+    `handler` does this attempt instead of the registered one: a function of the caller's that
+    uses what the caller already holds; a retry runs the registered handler as usual.
     """
     if job_id is None:
         return None
@@ -611,7 +644,7 @@ def run_now(
             attempts=0,
             locked_by=owner,
         )
-    return run_job(services, job_id, owner=owner, known=known)
+    return run_job(services, job_id, owner=owner, known=known, handler=handler)
 
 
 def drain(services: Services, *, limit: int | None = None, batch: int = 20) -> int:

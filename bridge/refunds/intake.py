@@ -21,13 +21,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from marshmallow import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bridge import logs
+from bridge.directus import projection
 from bridge.directus.projection import JOB_PROJECT_REFUND, enqueue_projection
 from bridge.errors import (
     AmountExceedsRefundable,
@@ -44,15 +45,24 @@ from bridge.errors import (
 )
 from bridge.jobs import outbox
 from bridge.ledger import ledger
-from bridge.refunds import approval
+from bridge.refunds import approval, submission
 from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
-from bridge.refunds.submission import JOB_SUBMIT_REFUND, REQUEST_OWNER_PREFIX, enqueue_submission
+from bridge.refunds.submission import REQUEST_OWNER_PREFIX, enqueue_submission
 from bridge.store.db import lock_order
-from bridge.store.models import IdempotencyRecord, Refund, RefundSource, RefundStatus, utcnow
+from bridge.store.models import (
+    IdempotencyRecord,
+    OutboxJob,
+    Refund,
+    RefundSource,
+    RefundStatus,
+    utcnow,
+)
 from bridge.web.auth import ROLE_CUSTOMER, Caller
 from directus_client import DirectusError, DirectusUnavailableError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from bridge.config import Settings
     from bridge.services import Services
 
@@ -122,7 +132,7 @@ def request_refund(
 
     owner = f"{REQUEST_OWNER_PREFIX}{uuid.uuid4().hex}"
     try:
-        refund_id, projection_job, submit_job = _record(
+        refund, projection_job, submit_job = _record(
             services,
             order=order,
             request=request,
@@ -146,13 +156,37 @@ def request_refund(
         return earlier
 
     # RideNDine first, then Directus: the item is created once, with RideNDine's answer in it,
-    # instead of created and then updated (the projection supersedes the one the submission
-    # queued; bridge/directus/projection.py).
-    outbox.run_now(services, submit_job, owner=owner, kind=JOB_SUBMIT_REFUND, refund_id=refund_id)
+    # instead of created and then updated (the submission leaves its change to the request's
+    # projection: bridge/refunds/submission.py).
+    if submit_job is not None:
+        submission.submit_now(
+            services, refund, submit_job, owner=owner, projection_job=projection_job
+        )
+    answered: list[Answer] = []
+
+    def project_and_answer(services: Services, job: OutboxJob) -> None:
+        # The answer is the refund as projected, saved for the key in the transaction that
+        # records the projection done (docs/performance.md).
+        def save(session: Session, projected: Refund) -> None:
+            answer = _answer_from(projected)
+            if key is not None:
+                _save_answer_in(session, caller.scope, key, answer)
+            answered.append(answer)
+
+        projection.project(services, job, create_first=True, then=save)
+
     outbox.run_now(
-        services, projection_job, owner=owner, kind=JOB_PROJECT_REFUND, refund_id=refund_id
+        services,
+        projection_job,
+        owner=owner,
+        kind=JOB_PROJECT_REFUND,
+        refund_id=refund.id,
+        handler=project_and_answer,
     )
-    answer = answer_for_refund(services, refund_id)
+    if answered:
+        return answered[0]
+    # Directus did not take the item (the worker projects it later): the answer from the ledger.
+    answer = answer_for_refund(services, refund.id)
     if key is not None:
         _save_answer(services, caller.scope, key, answer)
     return answer
@@ -326,8 +360,9 @@ def _record(
     key: str | None,
     request_hash: str,
     owner: str,
-) -> tuple[str, int | None, int | None]:
-    """Record the refund and its jobs in one transaction under the order's lock."""
+) -> tuple[Refund, int | None, int | None]:
+    """Record the refund and its jobs in one transaction under the order's lock; return the
+    refund as recorded (with its history) and the ids of its projection and submission jobs."""
     try:
         with services.store.session() as session:
             lock_order(session, order.id)
@@ -373,7 +408,6 @@ def _record(
                 approval.enqueue_requested_notices(session, refund)
             else:
                 submit_job = enqueue_submission(session, refund, lease_to=owner)
-            refund_id = refund.id
     except IntegrityError:
         if key is None:
             raise
@@ -381,10 +415,10 @@ def _record(
         raise _KeyTaken from None
     log.info(
         "refund recorded",
-        extra={"refund_id": refund_id, "order_id": order.id, "amount_cents": amount},
+        extra={"refund_id": refund.id, "order_id": order.id, "amount_cents": amount},
     )
-    logs.bind(refund_id=refund_id, order_id=order.id)  # on the request's later log lines
-    return refund_id, projection_job, submit_job
+    logs.bind(refund_id=refund.id, order_id=order.id)  # on the request's later log lines
+    return refund, projection_job, submit_job
 
 
 def answer_for_refund(services: Services, refund_id: str) -> Answer:
@@ -395,6 +429,10 @@ def answer_for_refund(services: Services, refund_id: str) -> Answer:
             raise RefundNotFound()
         refund.history  # noqa: B018 - load before the session closes
         session.expunge(refund)
+    return _answer_from(refund)
+
+
+def _answer_from(refund: Refund) -> Answer:
     body = ledger.refund_to_dict(refund)
     if _rejected_by_ridendine(refund):
         problem = RideNDineRejected(
@@ -457,15 +495,31 @@ def _same_hash(stored: str, given: str) -> bool:
 
 def _save_answer(services: Services, scope: str, key: str, answer: Answer) -> None:
     with services.store.session() as session:
-        session.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.caller == scope, IdempotencyRecord.key == key)
-            .values(
-                response_status=answer.status,
-                response_body=answer.body,
-                response_headers=answer.headers,
-            )
-        )
+        _save_answer_in(session, scope, key, answer)
+
+
+def _save_answer_in(session: Session, scope: str, key: str, answer: Answer) -> None:
+    values = {
+        "b_caller": scope,
+        "b_key": key,
+        "b_status": answer.status,
+        "b_body": answer.body,
+        "b_headers": answer.headers,
+    }
+    session.execute(_SAVE_ANSWER, values)
+
+
+# Built once (a refund request's CPU: docs/performance.md).
+_KEYS = cast(Table, IdempotencyRecord.__table__)
+_SAVE_ANSWER = (
+    update(_KEYS)
+    .where(_KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key"))
+    .values(
+        response_status=bindparam("b_status"),
+        response_body=bindparam("b_body", type_=_KEYS.c.response_body.type),
+        response_headers=bindparam("b_headers", type_=_KEYS.c.response_headers.type),
+    )
+)
 
 
 def _replay(record: IdempotencyRecord) -> Answer:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from bridge.directus.alerts import enqueue_admin_alert
 from bridge.directus.notify import enqueue_notify_result
@@ -57,6 +57,19 @@ class _Submission:
     reason: str
     requested_by: str
 
+    @classmethod
+    def of(cls, refund: Refund) -> _Submission:
+        if not refund.ridendine_order_id:
+            raise outbox.GiveUp(f"refund {refund.id} has no ridendine_order_id")
+        return cls(
+            refund_id=refund.id,
+            ridendine_order_id=refund.ridendine_order_id,
+            order_id=refund.order_id,
+            amount_cents=refund.amount_cents,
+            reason=refund.reason,
+            requested_by=refund.requested_by,
+        )
+
 
 def _pending_submission(services: Services, refund_id: str | None) -> _Submission | None:
     """What to send, or None when the refund no longer needs sending."""
@@ -66,16 +79,7 @@ def _pending_submission(services: Services, refund_id: str | None) -> _Submissio
             raise outbox.GiveUp(f"refund {refund_id} is not in the ledger")
         if refund.status != RefundStatus.PENDING or refund.ridendine_refund_id:
             return None  # decided already (a webhook, an operator, or an earlier attempt)
-        if not refund.ridendine_order_id:
-            raise outbox.GiveUp(f"refund {refund.id} has no ridendine_order_id")
-        return _Submission(
-            refund_id=refund.id,
-            ridendine_order_id=refund.ridendine_order_id,
-            order_id=refund.order_id,
-            amount_cents=refund.amount_cents,
-            reason=refund.reason,
-            requested_by=refund.requested_by,
-        )
+        return _Submission.of(refund)
 
 
 # The lease owner of jobs a refund request runs inline (bridge/refunds/intake.py).
@@ -89,8 +93,41 @@ def _request_owner(job: OutboxJob) -> str | None:
 
 def submit_refund(services: Services, job: OutboxJob) -> None:
     submission = _pending_submission(services, job.refund_id)
-    if submission is None:
-        return
+    if submission is not None:
+        _submit(services, job, submission)
+
+
+def submit_now(
+    services: Services, refund: Refund, job_id: int, *, owner: str, projection_job: int | None
+) -> str | None:
+    """The request's own attempt at the submission it just committed (`job_id`, leased to
+    `owner`), right after the commit: the refund is sent as the request recorded it, not read
+    back (it was PENDING a moment ago; a change in between could as well come right after a
+    read, and RideNDine dedupes on the refund's id either way). `projection_job`: the request's
+    projection of the refund, still to run; RideNDine's answer is projected by it rather than
+    by a job of its own. Returns the job's state afterwards (retries run `submit_refund`)."""
+    submission = _Submission.of(refund)
+
+    def attempt(services: Services, job: OutboxJob) -> None:
+        _submit(services, job, submission, projection_job=projection_job)
+
+    return outbox.run_now(
+        services,
+        job_id,
+        owner=owner,
+        kind=JOB_SUBMIT_REFUND,
+        refund_id=refund.id,
+        handler=attempt,
+    )
+
+
+def _submit(
+    services: Services,
+    job: OutboxJob,
+    submission: _Submission,
+    *,
+    projection_job: int | None = None,
+) -> None:
     # No transaction is open while RideNDine is asked: the store stays free for others.
     try:
         accepted = services.ridendine.create_refund(
@@ -111,11 +148,15 @@ def submit_refund(services: Services, job: OutboxJob) -> None:
             extra={"refund_id": submission.refund_id, "attempt": job.attempts + 1},
         )
         raise outbox.RetryLater(f"RideNDine: {exc}", delay=exc.retry_after) from None
-    _record_acceptance(services, job, submission.refund_id, accepted)
+    _record_acceptance(services, job, submission.refund_id, accepted, projection_job)
 
 
 def _record_acceptance(
-    services: Services, job: OutboxJob, refund_id: str, accepted: RefundAccepted
+    services: Services,
+    job: OutboxJob,
+    refund_id: str,
+    accepted: RefundAccepted,
+    projection_job: int | None = None,
 ) -> None:
     with services.store.session() as session:
         refund = session.get(Refund, refund_id)
@@ -125,9 +166,7 @@ def _record_acceptance(
         partner_id = accepted.refund_id
         if partner_id and refund.ridendine_refund_id is None:
             other = session.scalar(
-                select(Refund.id).where(
-                    Refund.ridendine_refund_id == partner_id, Refund.id != refund.id
-                )
+                _OTHER_WITH_PARTNER_ID, {"partner_id": partner_id, "refund_id": refund.id}
             )
             if other is None:
                 refund.ridendine_refund_id = partner_id
@@ -138,16 +177,29 @@ def _record_acceptance(
                     f"RideNDine answered with refund_id {partner_id}, already on refund {other}",
                     source=ledger.SOURCE_RIDENDINE_API,
                 )
-        _note(refund, detail)
-        # Run inside a request, the request projects the refund next (bridge/refunds/
-        # service.py): the projection job queued here is leased to it, so that the worker does
-        # not write the same item meanwhile; if the request dies, the lease runs out.
-        enqueue_projection(session, refund, lease_to=_request_owner(job))
+        _note(session, refund, detail)
+        owner = _request_owner(job)
+        # Run inside a request, the request projects the refund next: its projection job,
+        # still leased to it, projects this change too when it is still the request's (so that
+        # the worker does not write the same item meanwhile; if the request dies, the lease
+        # runs out); otherwise a projection job of its own, leased to the request likewise.
+        if (
+            owner is None
+            or projection_job is None
+            or not outbox.keep_lease(session, projection_job, owner=owner)
+        ):
+            enqueue_projection(session, refund, lease_to=owner)
         outbox.complete_in(session, job)  # done with the change it made: one transaction
     log.info(
         "refund accepted by RideNDine",
         extra={"refund_id": refund_id, "ridendine_refund_id": accepted.refund_id},
     )
+
+
+# Built once (a refund request's CPU: docs/performance.md).
+_OTHER_WITH_PARTNER_ID = select(Refund.id).where(
+    Refund.ridendine_refund_id == bindparam("partner_id"), Refund.id != bindparam("refund_id")
+)
 
 
 def _record_rejection(services: Services, refund_id: str, exc: RideNDineRejectedError) -> None:
@@ -178,10 +230,12 @@ def _record_rejection(services: Services, refund_id: str, exc: RideNDineRejected
     )
 
 
-def _note(refund: Refund, detail: str) -> None:
+def _note(session: Session, refund: Refund, detail: str) -> None:
     """A history line that changes no status (RideNDine's acknowledgement)."""
-    refund.history.append(
+    # Added from the line's side: an unloaded history is not read just to add a line to it.
+    session.add(
         RefundStatusChange(
+            refund=refund,
             from_status=refund.status,
             to_status=refund.status,
             source=ledger.SOURCE_RIDENDINE_API,
