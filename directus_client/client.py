@@ -378,8 +378,15 @@ class DirectusClient:
         rows = _data(data)
         return list(rows) if isinstance(rows, list) else []
 
-    def create_item(self, collection: str, values: Mapping[str, Any]) -> Item:
-        return _data(self.request("POST", f"/items/{_segment(collection)}", json_body=values))
+    def create_item(
+        self, collection: str, values: Mapping[str, Any], *, fields: Sequence[str] | None = None
+    ) -> Item:
+        """POST one item; returns it as Directus read it back, with `fields` when given (a
+        caller that needs only the id spares Directus reading and sending the whole item)."""
+        params = {"fields": ",".join(fields)} if fields else None
+        return _data(
+            self.request("POST", f"/items/{_segment(collection)}", params=params, json_body=values)
+        )
 
     def create_items(self, collection: str, values: Sequence[Mapping[str, Any]]) -> list[Item]:
         data = _data(self.request("POST", f"/items/{_segment(collection)}", json_body=values))

@@ -13,6 +13,7 @@ projection job of the same refund queued before that read: those are recorded do
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
@@ -98,6 +99,10 @@ def enqueue_projection(
     )
 
 
+# What Directus sends back of a written item: the projection needs nothing of it.
+_ID_ONLY = ("id",)
+
+
 def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool = False) -> None:
     """Write the refund's item; `create_first` when it most likely does not exist yet (one
     request, not a PATCH that finds nothing and then the create). Either guess is safe: an item
@@ -106,7 +111,7 @@ def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool
     client = services.directus
     if create_first:
         try:
-            client.create_item(REFUNDS_COLLECTION, item)
+            client.create_item(REFUNDS_COLLECTION, item, fields=_ID_ONLY)
             return
         except RecordNotUniqueError:
             pass
@@ -116,7 +121,7 @@ def upsert_refund_item(services: Services, refund: Refund, *, create_first: bool
         )
     except NotFoundError:
         try:
-            client.create_item(REFUNDS_COLLECTION, item)
+            client.create_item(REFUNDS_COLLECTION, item, fields=_ID_ONLY)
         except RecordNotUniqueError:
             # Created meanwhile by another job for the same refund: write the values again.
             client.update_item(
@@ -136,6 +141,28 @@ _PROJECTED_BEFORE = (
 )
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A refund as a transaction that changed it leaves it, and the projection jobs that this
+    state covers: what a projection run right after the commit needs (`project(snapshot=)`)."""
+
+    refund: Refund
+    covered: list[int]
+
+
+def snapshot(session: Session, refund: Refund, *, owner: str | None, exclude: int) -> Snapshot:
+    """Take the refund out of the caller's transaction with its history, for a projection by
+    `owner` (job `exclude`) right after the commit, instead of that run reading it again. Call
+    it last, with the refund's row locked (SQLite's write lock, or FOR UPDATE)."""
+    session.flush()
+    covered = outbox.pending_job_ids(
+        session, JOB_PROJECT_REFUND, refund.id, owner=owner, exclude=exclude
+    )
+    refund.history  # noqa: B018 - load before the refund leaves the session
+    session.expunge(refund)
+    return Snapshot(refund=refund, covered=covered)
+
+
 def project_refund(services: Services, job: OutboxJob) -> None:
     project(services, job)
 
@@ -146,26 +173,20 @@ def project(
     *,
     create_first: bool | None = None,
     then: Callable[[Session, Refund], None] | None = None,
+    known: Snapshot | None = None,
 ) -> Refund:
     """Do a projection job; return the refund as projected. `create_first`: whether to create
     the item before trying an update (None: when no projection of the refund was done yet);
     `then(session, refund)` runs in the transaction that records the job done (a refund
-    request saves its answer there: bridge/refunds/intake.py)."""
-    with services.store.read_session() as session:
-        # The queued projections are read before the refund: each was committed with a change
-        # that the refund read next includes, so this run covers them.
-        covered = outbox.pending_job_ids(
-            session, JOB_PROJECT_REFUND, job.refund_id, owner=job.locked_by, exclude=job.id
-        )
-        if create_first is None:
-            create_first = session.scalar(_PROJECTED_BEFORE, {"refund_id": job.refund_id}) is None
-        refund = session.get(Refund, job.refund_id)
-        if refund is None:
-            raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
-        refund.history  # noqa: B018 - load before the session closes
-        session.expunge(refund)
+    request saves its answer there: bridge/refunds/intake.py); `known`: the refund as the
+    transaction just before left it (`snapshot`), not read again (then `create_first` is a
+    guess of the caller's, None meaning update first)."""
+    if known is not None:
+        covered, refund = known.covered, known.refund
+    else:
+        covered, refund, create_first = _read(services, job, create_first)
     try:
-        upsert_refund_item(services, refund, create_first=create_first)
+        upsert_refund_item(services, refund, create_first=bool(create_first))
     except InvalidForeignKeyError:
         # The order is not in Directus (deleted, or never there): retrying cannot help. The
         # dead job flags the refund and alerts admins (the worker's fallback for dead jobs).
@@ -179,3 +200,22 @@ def project(
         if then is not None:
             then(session, refund)
     return refund
+
+
+def _read(
+    services: Services, job: OutboxJob, create_first: bool | None
+) -> tuple[list[int], Refund, bool]:
+    with services.store.read_session() as session:
+        # The queued projections are read before the refund: each was committed with a change
+        # that the refund read next includes, so this run covers them.
+        covered = outbox.pending_job_ids(
+            session, JOB_PROJECT_REFUND, job.refund_id, owner=job.locked_by, exclude=job.id
+        )
+        if create_first is None:
+            create_first = session.scalar(_PROJECTED_BEFORE, {"refund_id": job.refund_id}) is None
+        refund = session.get(Refund, job.refund_id)
+        if refund is None:
+            raise outbox.GiveUp(f"refund {job.refund_id} is not in the ledger")
+        refund.history  # noqa: B018 - load before the session closes
+        session.expunge(refund)
+    return covered, refund, create_first

@@ -158,9 +158,16 @@ def request_refund(
     # RideNDine first, then Directus: the item is created once, with RideNDine's answer in it,
     # instead of created and then updated (the submission leaves its change to the request's
     # projection: bridge/refunds/submission.py).
+    held: list[projection.Snapshot] = []
+
+    def hold(session: Session, accepted: Refund) -> None:
+        # RideNDine's answer as recorded, projected next without reading it back.
+        if projection_job is not None:
+            held.append(projection.snapshot(session, accepted, owner=owner, exclude=projection_job))
+
     if submit_job is not None:
         submission.submit_now(
-            services, refund, submit_job, owner=owner, projection_job=projection_job
+            services, refund, submit_job, owner=owner, projection_job=projection_job, then=hold
         )
     answered: list[Answer] = []
 
@@ -173,7 +180,8 @@ def request_refund(
                 _save_answer_in(session, caller.scope, key, answer)
             answered.append(answer)
 
-        projection.project(services, job, create_first=True, then=save)
+        known = held[0] if held else None
+        projection.project(services, job, create_first=True, then=save, known=known)
 
     outbox.run_now(
         services,

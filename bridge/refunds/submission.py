@@ -13,6 +13,7 @@ id as `Idempotency-Key`, so RideNDine refunds at most once however often the bri
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,18 +99,25 @@ def submit_refund(services: Services, job: OutboxJob) -> None:
 
 
 def submit_now(
-    services: Services, refund: Refund, job_id: int, *, owner: str, projection_job: int | None
+    services: Services,
+    refund: Refund,
+    job_id: int,
+    *,
+    owner: str,
+    projection_job: int | None,
+    then: Callable[[Session, Refund], None] | None = None,
 ) -> str | None:
     """The request's own attempt at the submission it just committed (`job_id`, leased to
     `owner`), right after the commit: the refund is sent as the request recorded it, not read
     back (it was PENDING a moment ago; a change in between could as well come right after a
     read, and RideNDine dedupes on the refund's id either way). `projection_job`: the request's
     projection of the refund, still to run; RideNDine's answer is projected by it rather than
-    by a job of its own. Returns the job's state afterwards (retries run `submit_refund`)."""
+    by a job of its own; `then(session, refund)` runs last in the transaction that records
+    RideNDine's acceptance. Returns the job's state afterwards (retries run `submit_refund`)."""
     submission = _Submission.of(refund)
 
     def attempt(services: Services, job: OutboxJob) -> None:
-        _submit(services, job, submission, projection_job=projection_job)
+        _submit(services, job, submission, projection_job=projection_job, then=then)
 
     return outbox.run_now(
         services,
@@ -127,6 +135,7 @@ def _submit(
     submission: _Submission,
     *,
     projection_job: int | None = None,
+    then: Callable[[Session, Refund], None] | None = None,
 ) -> None:
     # No transaction is open while RideNDine is asked: the store stays free for others.
     try:
@@ -148,7 +157,7 @@ def _submit(
             extra={"refund_id": submission.refund_id, "attempt": job.attempts + 1},
         )
         raise outbox.RetryLater(f"RideNDine: {exc}", delay=exc.retry_after) from None
-    _record_acceptance(services, job, submission.refund_id, accepted, projection_job)
+    _record_acceptance(services, job, submission.refund_id, accepted, projection_job, then)
 
 
 def _record_acceptance(
@@ -157,9 +166,12 @@ def _record_acceptance(
     refund_id: str,
     accepted: RefundAccepted,
     projection_job: int | None = None,
+    then: Callable[[Session, Refund], None] | None = None,
 ) -> None:
     with services.store.session() as session:
-        refund = session.get(Refund, refund_id)
+        # Locked (PostgreSQL; SQLite's transaction holds the write lock): what is read here is
+        # what is written back, and what `then` sees is the state this commit leaves.
+        refund = session.get(Refund, refund_id, with_for_update=True)
         if refund is None:
             return
         detail = f"accepted by RideNDine (HTTP {accepted.status})"
@@ -190,6 +202,8 @@ def _record_acceptance(
         ):
             enqueue_projection(session, refund, lease_to=owner)
         outbox.complete_in(session, job)  # done with the change it made: one transaction
+        if then is not None:
+            then(session, refund)
     log.info(
         "refund accepted by RideNDine",
         extra={"refund_id": refund_id, "ridendine_refund_id": accepted.refund_id},

@@ -212,3 +212,17 @@ def test_schema_reads(admin: DirectusClient) -> None:
     reader = admin.with_token(limited_user(admin, {"orders": ["read"]}))
     with pytest.raises(ForbiddenError):
         reader.get_collection("refunds")
+
+
+def test_create_item_answers_with_the_fields_asked_and_stores_them_all(
+    admin: DirectusClient,
+) -> None:
+    order_id = unique_id("fields")
+    created = admin.create_item(
+        "orders", {"id": order_id, "status": "NEW", "amount_paid_cents": 1550}, fields=["id"]
+    )
+    assert created == {"id": order_id}
+    stored = admin.get_item("orders", order_id, fields=["status", "amount_paid_cents"])
+    assert stored == {"status": "NEW", "amount_paid_cents": 1550}
+    whole = admin.create_item("orders", {"id": unique_id("fields"), "status": "NEW"})
+    assert whole["status"] == "NEW" and "amount_paid_cents" in whole
