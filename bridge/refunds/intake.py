@@ -61,6 +61,7 @@ from bridge.web.auth import ROLE_CUSTOMER, Caller
 from directus_client import DirectusError, DirectusUnavailableError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
     from sqlalchemy.orm import Session
 
     from bridge.config import Settings
@@ -374,7 +375,7 @@ def _record(
     try:
         with services.store.session() as session:
             lock_order(session, order.id)
-            if key is not None and session.get(IdempotencyRecord, (scope, key)) is not None:
+            if key is not None and session.execute(_KEY_RECORD, _key(scope, key)).first():
                 raise _KeyTaken
             refundable = ledger.refundable_cents(session, order.id, paid_cents)
             if amount is None:
@@ -472,9 +473,7 @@ def _earlier_answer(
     deadline = time.monotonic() + (IDEMPOTENCY_WAIT_SECONDS if wait else 0.0)
     while True:
         with services.store.read_session() as session:
-            record = session.get(IdempotencyRecord, (scope, key))
-            if record is not None:
-                session.expunge(record)
+            record = session.execute(_KEY_RECORD, _key(scope, key)).first()
         if record is None:
             return None
         if not _same_hash(record.request_hash, request_hash):
@@ -508,8 +507,7 @@ def _save_answer(services: Services, scope: str, key: str, answer: Answer) -> No
 
 def _save_answer_in(session: Session, scope: str, key: str, answer: Answer) -> None:
     values = {
-        "b_caller": scope,
-        "b_key": key,
+        **_key(scope, key),
         "b_status": answer.status,
         "b_body": answer.body,
         "b_headers": answer.headers,
@@ -517,8 +515,15 @@ def _save_answer_in(session: Session, scope: str, key: str, answer: Answer) -> N
     session.execute(_SAVE_ANSWER, values)
 
 
-# Built once (a refund request's CPU: docs/performance.md).
+def _key(scope: str, key: str) -> dict[str, str]:
+    return {"b_caller": scope, "b_key": key}
+
+
+# Built once (a refund request's CPU: docs/performance.md). Core: the record is only read.
 _KEYS = cast(Table, IdempotencyRecord.__table__)
+_KEY_RECORD = select(_KEYS).where(
+    _KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key")
+)
 _SAVE_ANSWER = (
     update(_KEYS)
     .where(_KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key"))
@@ -530,7 +535,7 @@ _SAVE_ANSWER = (
 )
 
 
-def _replay(record: IdempotencyRecord) -> Answer:
+def _replay(record: Row[Any]) -> Answer:
     body = dict(record.response_body or {})
     status = record.response_status or 202
     problem: Problem | None = None
