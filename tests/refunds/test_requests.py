@@ -209,6 +209,40 @@ def test_a_refund_request_costs_directus_one_read_and_one_create(
     assert [job.state for job in jobs] == [OutboxState.DONE]
 
 
+def test_a_projection_taken_by_a_worker_meanwhile_gets_ridendines_answer_projected_anyway(
+    api: FlaskClient,
+    services: Services,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+) -> None:
+    """The request's projection job, leased to it, normally projects RideNDine's answer too.
+    When a worker took that job meanwhile (the request's lease ran out), the acceptance queues
+    a projection of its own, which the request runs: the item still gets RideNDine's id."""
+    order = make_order(directus_admin)
+
+    def taken_by_a_worker(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        with services.store.session() as session:
+            session.execute(
+                update(OutboxJob)
+                .where(OutboxJob.kind == "project_refund", OutboxJob.state == OutboxState.PENDING)
+                .values(locked_by="worker-elsewhere")
+            )
+        return 200, {}, json.dumps({"refund_id": "re_lease_lost"})
+
+    ridendine.add_callback(responses.POST, CREATE_URL, callback=taken_by_a_worker)
+
+    response = post(api, admin_refund(order["id"]))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    refund_id = response.get_json()["refund"]["id"]
+    assert response.get_json()["refund"]["ridendine_refund_id"] == "re_lease_lost"
+    item = directus_admin.get_item("refunds", refund_id)
+    assert item["ridendine_refund_id"] == "re_lease_lost"
+    jobs = {job.locked_by: job.state for job in submit_jobs(services, refund_id, "project_refund")}
+    # The worker's job stays the worker's (it projects the same state again, harmlessly).
+    assert jobs == {"worker-elsewhere": OutboxState.PENDING, None: OutboxState.DONE}
+
+
 def test_partial_refund_then_the_default_is_what_remains(
     api: FlaskClient, ridendine: responses.RequestsMock, directus_admin: DirectusClient
 ) -> None:
