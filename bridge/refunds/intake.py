@@ -5,7 +5,9 @@ read from Directus with the bridge's token -> ONE store transaction (per-order l
 still refundable re-checked against the ledger, the refund with its first history line, the
 Idempotency-Key record, the projection job and the submission job, both leased to this request)
 -> commit -> the submission tried inline, then the projection (one create of the refund's item
-with RideNDine's answer in it) -> the answer, saved for the key.
+with RideNDine's answer in it, the refund handed over by the acceptance, not read again) -> the
+answer, the refund as projected, saved for the key with the projection's completion
+(docs/refunds.md, steps 8 and 9).
 
 Committing before RideNDine is asked means a crash at any point loses nothing: the leased jobs
 expire and the worker takes them, with the same Idempotency-Key towards RideNDine.
@@ -156,6 +158,29 @@ def request_refund(
             ) from None
         return earlier
 
+    return _submit_and_project(
+        services,
+        refund,
+        scope=caller.scope,
+        key=key,
+        owner=owner,
+        projection_job=projection_job,
+        submit_job=submit_job,
+    )
+
+
+def _submit_and_project(
+    services: Services,
+    refund: Refund,
+    *,
+    scope: str,
+    key: str | None,
+    owner: str,
+    projection_job: int | None,
+    submit_job: int | None,
+) -> Answer:
+    """The request's own attempts at the jobs it just committed (leased to `owner`), and the
+    answer, saved for the key."""
     # RideNDine first, then Directus: the item is created once, with RideNDine's answer in it,
     # instead of created and then updated (the submission leaves its change to the request's
     # projection: bridge/refunds/submission.py).
@@ -178,7 +203,7 @@ def request_refund(
         def save(session: Session, projected: Refund) -> None:
             answer = _answer_from(projected)
             if key is not None:
-                _save_answer_in(session, caller.scope, key, answer)
+                _save_answer_in(session, scope, key, answer)
             answered.append(answer)
 
         known = held[0] if held else None
@@ -197,7 +222,7 @@ def request_refund(
     # Directus did not take the item (the worker projects it later): the answer from the ledger.
     answer = answer_for_refund(services, refund.id)
     if key is not None:
-        _save_answer(services, caller.scope, key, answer)
+        _save_answer(services, scope, key, answer)
     return answer
 
 

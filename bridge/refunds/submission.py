@@ -114,9 +114,9 @@ def submit_now(
     projection of the refund, still to run; RideNDine's answer is projected by it rather than
     by a job of its own; `then(session, refund)` runs last in the transaction that records
     RideNDine's acceptance. Returns the job's state afterwards (retries run `submit_refund`)."""
-    submission = _Submission.of(refund)
 
     def attempt(services: Services, job: OutboxJob) -> None:
+        submission = _Submission.of(refund)  # inside: its GiveUp is the job's outcome
         _submit(services, job, submission, projection_job=projection_job, then=then)
 
     return outbox.run_now(
