@@ -31,7 +31,6 @@ from sqlalchemy.exc import IntegrityError
 
 from bridge import logs
 from bridge.directus import projection
-from bridge.directus.projection import JOB_PROJECT_REFUND, enqueue_projection
 from bridge.errors import (
     AmountExceedsRefundable,
     DirectusUnavailable,
@@ -213,7 +212,7 @@ def _submit_and_project(
         services,
         projection_job,
         owner=owner,
-        kind=JOB_PROJECT_REFUND,
+        kind=projection.JOB_PROJECT_REFUND,
         refund_id=refund.id,
         handler=project_and_answer,
     )
@@ -436,7 +435,7 @@ def _record(
                         caller=scope, key=key, request_hash=request_hash, refund_id=refund.id
                     )
                 )
-            projection_job = enqueue_projection(session, refund, lease_to=owner)
+            projection_job = projection.enqueue_projection(session, refund, lease_to=owner)
             if waits:
                 submit_job = None  # nothing goes to RideNDine until an admin approves
                 approval.enqueue_requested_notices(session, refund)
