@@ -35,7 +35,15 @@ import requests
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from bench.stack import API_TOKEN, RIDENDINE_KEY, WEB_THREADS, WEB_WORKERS, WEBHOOK_SECRET
+from bench.stack import (
+    API_TOKEN,
+    RIDENDINE_KEY,
+    WEB_THREADS,
+    WEB_WORKERS,
+    WEBHOOK_SECRET,
+    children,
+    cpu_seconds,
+)
 from bridge.store.db import Store
 from bridge.store.models import InboxEvent
 from devstack.directus import REPO
@@ -154,28 +162,6 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None
             return False
 
     wait_until(ready, timeout=90, interval=0.2, what=f"{url}/healthz")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-                if int(fields[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes used so far (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
 
 
 class Floor:
@@ -310,7 +296,7 @@ class Floor:
             self._fresh()
             profilers = self._profile(name, process.pid)
             self.say(f"bench: floor: {name} for {self.seconds:.0f}s")
-            pids = [process.pid, *_children(process.pid)]
+            pids = [process.pid, *children(process.pid)]
             cpu_before = cpu_seconds(pids)
             result = run_wrk(
                 url, self.deliveries, seconds=self.seconds, connections=self.concurrency
@@ -342,7 +328,7 @@ class Floor:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         started = []
-        for pid in _children(master):
+        for pid in children(master):
             out = self.profile_dir / f"{name}-{pid}.txt"
             command = [
                 spy,

@@ -188,6 +188,13 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
         row("Directus requests per refund", _requests(requests_["directus_requests"]))
         row("direct read + create, per second", requests_["baseline"]["per_second"])
         row("bridge time / direct time", requests_["ratio_to_baseline"])
+        for label, run_ in (("through the bridge", requests_), ("direct", requests_["baseline"])):
+            cpu = run_.get("cpu_ms_per_request") or {}
+            row(
+                f"CPU ms per refund, {label}",
+                " / ".join(f"{name} {value}" for name, value in cpu.items() if value),
+            )
+            row(f"Directus busy share, {label}", run_.get("directus_busy"))
     backlog = results.get("backlog")
     if backlog:
         lines.append(f"4. backlog: N={backlog['n']} accepted while Directus was stopped")

@@ -466,6 +466,7 @@ class Bench:
             )
             return int(response.status)
 
+        cpu_before = self.stack.cpu_seconds()
         answers = load.run(
             order_ids,
             send,
@@ -473,6 +474,7 @@ class Bench:
             make_client=self._bridge_pool,
             ok=lambda status: status == 202,
         )
+        cpu = self._cpu_used(cpu_before, n, answers.seconds)
         done_seconds, states = self.wait_outbox_idle(time.perf_counter(), self.wait_timeout(n))
         counted = self.directus_requests(mark, n)
         baseline = self._refund_requests_baseline(order_ids)
@@ -492,6 +494,7 @@ class Bench:
             "first_errors": answers.errors[:5],
             "background_seconds_after_last_answer": round(done_seconds, 3),
             "directus_requests": counted,
+            **cpu,
             "baseline": baseline,
             "ratio_to_baseline": round(answers.seconds / baseline["seconds"], 3)
             if baseline["seconds"]
@@ -549,13 +552,27 @@ class Bench:
             )
             return int(answer.status_code)
 
+        cpu_before = self.stack.cpu_seconds()
         result = load.run(order_ids, request, concurrency=self.concurrency, make_client=session)
         return {
             "seconds": round(result.seconds, 3),
             "per_second": round(result.rate(), 1),
             "latency_ms": result.percentiles_ms(),
             "directus_requests_per_request": 2,
+            **self._cpu_used(cpu_before, len(order_ids), result.seconds),
             "errors": len(result.errors),
+        }
+
+    def _cpu_used(self, before: dict[str, float], n: int, seconds: float) -> dict[str, Any]:
+        """CPU per request of the processes a refund request keeps busy, and how busy Directus
+        was: what tells whether Directus or the bridge limits the rate (docs/performance.md)."""
+        after = self.stack.cpu_seconds()
+        used = {name: after[name] - before.get(name, 0.0) for name in after}
+        return {
+            "cpu_ms_per_request": {
+                name: round(1000 * value / n, 2) if n else None for name, value in used.items()
+            },
+            "directus_busy": round(used["directus"] / seconds, 3) if seconds else None,
         }
 
     def backlog(self, n: int, raw_n: int, label: str = "backlog") -> dict[str, Any]:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +83,22 @@ def children(pid: int) -> list[int]:
         if len(fields) > 1 and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time the processes used so far (Linux /proc); a process that is gone
+    counts nothing."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _process_tree(process: subprocess.Popen[bytes] | None) -> list[int]:
+    return [process.pid, *children(process.pid)] if process is not None else []
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -203,6 +219,16 @@ class BenchStack:
             return []
         master = self.bridge.pid
         return [master, *children(master)]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by Directus, the bridge's web processes and the sandbox (the
+        processes that a refund request keeps busy), to be subtracted around a run."""
+        groups = {
+            "directus": _process_tree(self.directus.process),
+            "bridge_web": self.web_pids(),
+            "sandbox": _process_tree(self.sandbox.process if self.sandbox else None),
+        }
+        return {name: cpu_seconds(pids) for name, pids in groups.items()}
 
     def memory(self) -> dict[str, Any]:
         """Peak and current RSS (MiB) of each web process and of the worker."""
