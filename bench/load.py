@@ -31,6 +31,14 @@ class LoadResult:
     def percentiles_ms(self) -> dict[str, float]:
         return {name: round(percentile(self.latencies, q) * 1000, 2) for name, q in PERCENTILES}
 
+    def add(self, other: LoadResult) -> None:
+        """Count another run's requests and time in this one (runs made one after another)."""
+        self.seconds += other.seconds
+        self.latencies.extend(other.latencies)
+        self.errors.extend(other.errors)
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
 
 PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
 
@@ -44,6 +52,19 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def split(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """`items` cut into at most `parts` consecutive, non-empty parts of sizes that differ by
+    at most one."""
+    size, extra = divmod(len(items), parts)
+    cut, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        if end > start:
+            cut.append(items[start:end])
+        start = end
+    return cut
 
 
 def run(

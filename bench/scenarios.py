@@ -14,8 +14,9 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import requests
@@ -56,6 +57,37 @@ class Batch:
     label: str
     prefix: str
     events: list[Event]
+
+
+# Scenario 3 alternates its two sides in this many rounds (each side gets N / rounds per round).
+REQUEST_ROUNDS = 4
+
+
+@dataclass
+class _Side:
+    """One side of scenario 3's ratio over its rounds: the requests, and the CPU that the
+    processes a refund request keeps busy used meanwhile (`BenchStack.cpu_seconds`)."""
+
+    result: load.LoadResult = field(default_factory=load.LoadResult)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def measure(self, stack: BenchStack, run: Callable[[], load.LoadResult]) -> None:
+        before = stack.cpu_seconds()
+        self.result.add(run())
+        after = stack.cpu_seconds()
+        for name, value in after.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + value - before.get(name, 0.0)
+
+    def cpu_report(self) -> dict[str, Any]:
+        """CPU per request by process, and Directus's busy share (its CPU seconds / the
+        seconds): what tells whether Directus or the bridge limits the rate."""
+        n, seconds = self.result.count, self.result.seconds
+        return {
+            "cpu_ms_per_request": {
+                name: round(1000 * value / n, 2) if n else None for name, value in self.cpu.items()
+            },
+            "directus_busy": round(self.cpu.get("directus", 0.0) / seconds, 3) if seconds else None,
+        }
 
 
 class Bench:
@@ -446,7 +478,8 @@ class Bench:
         }
 
     def refund_requests(self, n: int, label: str = "requests") -> dict[str, Any]:
-        """Scenario 3: N refund requests (POST /ridendine/refunds) against the sandbox."""
+        """Scenario 3: N refund requests (POST /ridendine/refunds) against the sandbox, and the
+        same orders' unavoidable Directus work done directly, in alternating rounds."""
         _prefix, order_ids = self.orders(label, n)
         mark = self.mark()
 
@@ -466,18 +499,41 @@ class Bench:
             )
             return int(response.status)
 
-        cpu_before = self.stack.cpu_seconds()
-        answers = load.run(
-            order_ids,
-            send,
-            concurrency=self.concurrency,
-            make_client=self._bridge_pool,
-            ok=lambda status: status == 202,
-        )
-        cpu = self._cpu_used(cpu_before, n, answers.seconds)
-        done_seconds, states = self.wait_outbox_idle(time.perf_counter(), self.wait_timeout(n))
+        def through_bridge(part: Sequence[str]) -> load.LoadResult:
+            return load.run(
+                part,
+                send,
+                concurrency=self.concurrency,
+                make_client=self._bridge_pool,
+                ok=lambda status: status == 202,
+            )
+
+        # Rounds in the order bridge, direct, direct, bridge, ...: the machine's speed drifts
+        # over a run (docs/performance.md), and this way a drift costs both sides alike.
+        bridge, direct = _Side(), _Side()
+        background, states = 0.0, dict[str, int]()
+        for index, part in enumerate(load.split(order_ids, REQUEST_ROUNDS)):
+            for side in ("bridge", "direct") if index % 2 == 0 else ("direct", "bridge"):
+                if side == "direct":
+                    direct.measure(self.stack, partial(self._direct_work, part))
+                    continue
+                bridge.measure(self.stack, partial(through_bridge, part))
+                # What the requests left for the worker (nothing, when every request projected
+                # its refund): done before the next round, timed on its own.
+                seconds, states = self.wait_outbox_idle(
+                    time.perf_counter(), self.wait_timeout(len(part))
+                )
+                background += seconds
+        answers = bridge.result
         counted = self.directus_requests(mark, n)
-        baseline = self._refund_requests_baseline(order_ids)
+        baseline = {
+            "seconds": round(direct.result.seconds, 3),
+            "per_second": round(direct.result.rate(), 1),
+            "latency_ms": direct.result.percentiles_ms(),
+            "directus_requests_per_request": 2,
+            **direct.cpu_report(),
+            "errors": len(direct.result.errors),
+        }
         errors = {
             "answers_not_202": len(answers.errors),
             "jobs_left_pending": states.get("pending", 0),
@@ -487,23 +543,24 @@ class Bench:
         return {
             "n": n,
             "concurrency": self.concurrency,
+            "rounds": REQUEST_ROUNDS,
             "seconds": round(answers.seconds, 3),
             "per_second": round(answers.rate(), 1),
             "latency_ms": answers.percentiles_ms(),
             "statuses": {str(k): v for k, v in sorted(answers.statuses.items())},
             "first_errors": answers.errors[:5],
-            "background_seconds_after_last_answer": round(done_seconds, 3),
+            "background_seconds_after_last_answer": round(background, 3),
             "directus_requests": counted,
-            **cpu,
+            **bridge.cpu_report(),
             "baseline": baseline,
-            "ratio_to_baseline": round(answers.seconds / baseline["seconds"], 3)
-            if baseline["seconds"]
+            "ratio_to_baseline": round(answers.seconds / direct.result.seconds, 3)
+            if direct.result.seconds
             else None,
             "errors": errors,
             "error_count": sum(errors.values()),
         }
 
-    def _refund_requests_baseline(self, order_ids: Sequence[str]) -> dict[str, Any]:
+    def _direct_work(self, order_ids: Sequence[str]) -> load.LoadResult:
         """The unavoidable Directus work of a refund request done directly: read the order,
         create the refund's item."""
         url = self.stack.directus.url
@@ -552,28 +609,7 @@ class Bench:
             )
             return int(answer.status_code)
 
-        cpu_before = self.stack.cpu_seconds()
-        result = load.run(order_ids, request, concurrency=self.concurrency, make_client=session)
-        return {
-            "seconds": round(result.seconds, 3),
-            "per_second": round(result.rate(), 1),
-            "latency_ms": result.percentiles_ms(),
-            "directus_requests_per_request": 2,
-            **self._cpu_used(cpu_before, len(order_ids), result.seconds),
-            "errors": len(result.errors),
-        }
-
-    def _cpu_used(self, before: dict[str, float], n: int, seconds: float) -> dict[str, Any]:
-        """CPU per request of the processes a refund request keeps busy, and how busy Directus
-        was: what tells whether Directus or the bridge limits the rate (docs/performance.md)."""
-        after = self.stack.cpu_seconds()
-        used = {name: after[name] - before.get(name, 0.0) for name in after}
-        return {
-            "cpu_ms_per_request": {
-                name: round(1000 * value / n, 2) if n else None for name, value in used.items()
-            },
-            "directus_busy": round(used["directus"] / seconds, 3) if seconds else None,
-        }
+        return load.run(order_ids, request, concurrency=self.concurrency, make_client=session)
 
     def backlog(self, n: int, raw_n: int, label: str = "backlog") -> dict[str, Any]:
         """Scenario 4: Directus stopped, N webhooks accepted, Directus started: the drain."""
