@@ -58,6 +58,9 @@ WRK_THREADS = 2
 DELIVERIES_PER_SECOND = 6000
 # Signatures are accepted for 5 minutes: deliveries older than this are signed again.
 MAX_DELIVERY_AGE = 200.0
+# Each server is measured in this many rounds of an equal share of the time, in alternating
+# order (`Floor.run`).
+FLOOR_ROUNDS = 2
 STOP_TIMEOUT = 20.0
 
 
@@ -129,6 +132,43 @@ def run_wrk(url: str, deliveries: Path, *, seconds: float, connections: int) -> 
             "max": round(raw["max_us"] / 1000, 2),
         },
         "errors": errors,
+    }
+
+
+def combine_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's rounds (`Floor._measure`) as one run: requests, time, errors and CPU
+    summed; p50 and p90 the rounds' mean weighted by requests, p99 and max the worst round's
+    (percentiles of separate runs cannot be merged exactly; the p99 target reads the worst)."""
+    requests = sum(run["requests"] for run in rounds)
+    seconds = sum(run["seconds"] for run in rounds)
+
+    def weighted(key: str) -> float:
+        if not requests:
+            return 0.0
+        return round(sum(run["latency_ms"][key] * run["requests"] for run in rounds) / requests, 2)
+
+    errors: dict[str, int] = {}
+    for run in rounds:
+        for key, value in run["errors"].items():
+            errors[key] = errors.get(key, 0) + value
+    cpu = [(run["cpu_ms_per_request"] or 0.0) * run["requests"] for run in rounds]
+    return {
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "per_second": round(requests / seconds, 1) if seconds else 0.0,
+        "latency_ms": {
+            "p50": weighted("p50"),
+            "p90": weighted("p90"),
+            "p99": max(run["latency_ms"]["p99"] for run in rounds),
+            "max": max(run["latency_ms"]["max"] for run in rounds),
+        },
+        "cpu_ms_per_request": round(sum(cpu) / requests, 3) if requests else None,
+        "recorded": sum(run["recorded"] for run in rounds),
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "rounds": [
+            {"per_second": run["per_second"], "p99_ms": run["latency_ms"]["p99"]} for run in rounds
+        ],
     }
 
 
@@ -277,6 +317,7 @@ class Floor:
         name: str,
         start: Callable[[int], tuple[subprocess.Popen[bytes], Path]],
         recorded: Callable[[], int],
+        seconds: float,
     ) -> dict[str, Any]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -294,13 +335,11 @@ class Floor:
             run_wrk(url, warmup, seconds=self.warmup_seconds, connections=self.concurrency)
             warmed = recorded()
             self._fresh()
-            profilers = self._profile(name, process.pid)
-            self.say(f"bench: floor: {name} for {self.seconds:.0f}s")
+            profilers = self._profile(name, process.pid, seconds)
+            self.say(f"bench: floor: {name} for {seconds:g}s")
             pids = [process.pid, *children(process.pid)]
             cpu_before = cpu_seconds(pids)
-            result = run_wrk(
-                url, self.deliveries, seconds=self.seconds, connections=self.concurrency
-            )
+            result = run_wrk(url, self.deliveries, seconds=seconds, connections=self.concurrency)
             cpu = cpu_seconds(pids) - cpu_before
             # CPU of the server's processes per answer: a figure the machine's noise moves
             # far less than requests per second.
@@ -312,7 +351,7 @@ class Floor:
         finally:
             for profiler in profilers:
                 with suppress(subprocess.TimeoutExpired):
-                    profiler.wait(timeout=self.seconds + 30)
+                    profiler.wait(timeout=seconds + 30)
             _stop(process)
         accepted = result["requests"] - result["errors"]["not_200"] - result["errors"]["duplicates"]
         # Every delivery answered 200 "accepted" must be in the store (recorded before 200).
@@ -321,7 +360,7 @@ class Floor:
         result["error_count"] = sum(result["errors"].values())
         return result
 
-    def _profile(self, name: str, master: int) -> list[subprocess.Popen[bytes]]:
+    def _profile(self, name: str, master: int, seconds: float) -> list[subprocess.Popen[bytes]]:
         """py-spy on each web worker during the measured run (`--profile DIR`)."""
         if self.profile_dir is None:
             return []
@@ -336,7 +375,7 @@ class Floor:
                 "-p",
                 str(pid),
                 "-d",
-                str(max(1, round(self.seconds))),
+                str(max(1, round(seconds))),
                 "-r",
                 "100",
                 "-f",
@@ -356,7 +395,6 @@ class Floor:
             raise RuntimeError(f"{WRK} is missing: run scripts/ensure-wrk.sh")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._sign()
-        runs: dict[str, Any] = {}
 
         def floor_count() -> int:
             with sqlite3.connect(self.workdir / "floor.sqlite3", timeout=30) as connection:
@@ -364,26 +402,45 @@ class Floor:
             connection.close()
             return int(count)
 
-        runs["floor"] = self._measure("floor", self._floor_server, floor_count)
-
         sqlite_url = f"sqlite:///{self.workdir / 'bridge.sqlite3'}"
-        runs["bridge_sqlite"] = self._measure(
-            "bridge-sqlite",
-            lambda port: self._bridge_server(port, sqlite_url),
-            lambda: _inbox_count(sqlite_url),
-        )
+        servers: list[tuple[str, Callable[[int], Any], Callable[[], int]]] = [
+            ("floor", self._floor_server, floor_count),
+            (
+                "bridge_sqlite",
+                lambda port: self._bridge_server(port, sqlite_url),
+                lambda: _inbox_count(sqlite_url),
+            ),
+        ]
+        cluster = None
         if self.postgres:
             cluster = PostgresCluster(Path(f"/tmp/refund-bridge-floor-pg-{uuid.uuid4().hex[:8]}"))
             cluster.start()
-            try:
-                pg_url = cluster.url()
-                runs["bridge_postgresql"] = self._measure(
-                    "bridge-postgresql",
+            pg_url = cluster.url()
+            servers.append(
+                (
+                    "bridge_postgresql",
                     lambda port: self._bridge_server(port, pg_url),
                     lambda: _inbox_count(pg_url),
                 )
-            finally:
+            )
+        # Two rounds of half the time, the second in the reverse order (floor, SQLite,
+        # PostgreSQL, PostgreSQL, SQLite, floor): the machine's speed drifts within minutes,
+        # and this way a drift costs the floor and the bridge alike (docs/performance.md).
+        parts: dict[str, list[dict[str, Any]]] = {name: [] for name, _start, _count in servers}
+        try:
+            for index, order in enumerate((servers, servers[::-1])):
+                if index:
+                    self._sign()  # deliveries that no server has seen
+                for name, start, count in order:
+                    parts[name].append(
+                        self._measure(
+                            name.replace("_", "-"), start, count, self.seconds / FLOOR_ROUNDS
+                        )
+                    )
+        finally:
+            if cluster is not None:
                 cluster.stop()
+        runs = {name: combine_runs(results) for name, results in parts.items()}
         floor_rate = runs["floor"]["per_second"]
         ratios = {
             name: round(run["per_second"] / floor_rate, 3) if floor_rate else None

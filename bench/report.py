@@ -141,8 +141,8 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
     floor = results.get("floor")
     if floor:
         lines.append(
-            f"0. ingest against the floor: {floor['seconds']:.0f} s each, "
-            f"{floor['concurrency']} connections, wrk"
+            f"0. ingest against the floor: {floor['seconds']:.0f} s each in 2 rounds "
+            f"(floor, SQLite, PostgreSQL, then back), {floor['concurrency']} connections, wrk"
         )
         for name, run in floor["runs"].items():
             latency = run["latency_ms"]
@@ -151,7 +151,14 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
                 f"{name}: requests/s, p50 / p99 (ms)",
                 f"{run['per_second']}, {latency['p50']} / {latency['p99']}"
                 + (f"  (x{ratio} of the floor)" if ratio is not None else "")
-                + f"  CPU {run.get('cpu_ms_per_request')} ms/request",
+                + f"  CPU {run.get('cpu_ms_per_request')} ms/request"
+                + (
+                    "  rounds "
+                    + ", ".join(str(part["per_second"]) for part in run["rounds"])
+                    + "/s"
+                    if run.get("rounds")
+                    else ""
+                ),
             )
     ingest = results.get("ingest")
     if ingest:

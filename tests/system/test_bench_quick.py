@@ -50,6 +50,7 @@ def test_the_quick_benchmark_runs_every_scenario_without_errors(
         assert run_["requests"] > 0 and run_["recorded"] >= run_["requests"] - 16
         assert run_["errors"]["ran_out_of_deliveries"] == 0
         assert run_["latency_ms"]["p99"] >= run_["latency_ms"]["p50"] > 0
+        assert len(run_["rounds"]) == 2  # floor, SQLite, PostgreSQL, then back
     assert set(floor["ratio_to_floor"]) == {"bridge_sqlite", "bridge_postgresql"}
     ingest = results["ingest"]
     assert ingest["answers"]["statuses"] == {"200": 16}
