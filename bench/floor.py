@@ -132,20 +132,47 @@ def run_wrk(url: str, deliveries: Path, *, seconds: float, connections: int) -> 
             "max": round(raw["max_us"] / 1000, 2),
         },
         "errors": errors,
+        # (percentile, ms) from 1 to 99.9, and the maximum as the 100th: for merge_percentile.
+        "latency_cdf_ms": [[q, round(us / 1000, 3)] for q, us in raw["cdf_us"]]
+        + [[100, round(raw["max_us"] / 1000, 3)]],
     }
+
+
+def merged_percentile(rounds: list[dict[str, Any]], q: float) -> float:
+    """The q-th percentile (ms) of all the rounds' requests together: their latency
+    distributions (`latency_cdf_ms`, linear between the points) weighted by their requests."""
+    total = sum(run["requests"] for run in rounds)
+    if not total:
+        return 0.0
+
+    def below(table: list[list[float]], ms: float) -> float:
+        """The share (0 to 100) of a round's requests answered within `ms`."""
+        previous_q, previous_ms = 0.0, 0.0
+        for point_q, point_ms in table:
+            if ms < point_ms:
+                span = point_ms - previous_ms
+                return previous_q + (point_q - previous_q) * (ms - previous_ms) / span
+            previous_q, previous_ms = point_q, point_ms
+        return 100.0
+
+    def share(ms: float) -> float:
+        return sum(below(run["latency_cdf_ms"], ms) * run["requests"] for run in rounds) / total
+
+    low, high = 0.0, max(run["latency_cdf_ms"][-1][1] for run in rounds)
+    for _ in range(60):
+        middle = (low + high) / 2
+        if share(middle) >= q:
+            high = middle
+        else:
+            low = middle
+    return round(high, 2)
 
 
 def combine_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One server's rounds (`Floor._measure`) as one run: requests, time, errors and CPU
-    summed; p50 and p90 the rounds' mean weighted by requests, p99 and max the worst round's
-    (percentiles of separate runs cannot be merged exactly; the p99 target reads the worst)."""
+    summed, the latency percentiles those of all the rounds' requests together."""
     requests = sum(run["requests"] for run in rounds)
     seconds = sum(run["seconds"] for run in rounds)
-
-    def weighted(key: str) -> float:
-        if not requests:
-            return 0.0
-        return round(sum(run["latency_ms"][key] * run["requests"] for run in rounds) / requests, 2)
 
     errors: dict[str, int] = {}
     for run in rounds:
@@ -157,9 +184,9 @@ def combine_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "per_second": round(requests / seconds, 1) if seconds else 0.0,
         "latency_ms": {
-            "p50": weighted("p50"),
-            "p90": weighted("p90"),
-            "p99": max(run["latency_ms"]["p99"] for run in rounds),
+            "p50": merged_percentile(rounds, 50),
+            "p90": merged_percentile(rounds, 90),
+            "p99": merged_percentile(rounds, 99),
             "max": max(run["latency_ms"]["max"] for run in rounds),
         },
         "cpu_ms_per_request": round(sum(cpu) / requests, 3) if requests else None,

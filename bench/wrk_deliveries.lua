@@ -69,11 +69,20 @@ function done(summary, latency, requests)
     ex = ex + (thread:get("exhausted") or 0)
   end
   local e = summary.errors
+  -- The latency distribution at 1 % steps (and 0.1 % above 99 %), so that the figures of
+  -- separate runs can be merged (bench/floor.py: merged_percentile).
+  local cdf = {}
+  for q = 1, 99 do
+    cdf[#cdf + 1] = string.format("[%d,%d]", q, latency:percentile(q))
+  end
+  for k = 1, 9 do
+    cdf[#cdf + 1] = string.format("[%.1f,%d]", 99 + k / 10, latency:percentile(99 + k / 10))
+  end
   io.write(string.format(
     '{"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,' ..
     '"duplicates":%d,"not_200":%d,"exhausted":%d,"connect_errors":%d,"read_errors":%d,' ..
-    '"write_errors":%d,"status_errors":%d,"timeouts":%d}\n',
+    '"write_errors":%d,"status_errors":%d,"timeouts":%d,"cdf_us":[%s]}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max, dup, bad, ex, e.connect, e.read, e.write, e.status,
-    e.timeout))
+    e.timeout, table.concat(cdf, ",")))
 end
