@@ -32,7 +32,13 @@ from bridge.worker import (
 )
 from directus_client import DirectusClient
 from tests.support.helpers import make_settings, settings_env
-from tests.support.worker_probe import PROBE_KIND, WorkerProcess, create_probe_table, runs
+from tests.support.worker_probe import (
+    PROBE_KIND,
+    WorkerProcess,
+    create_probe_table,
+    pick_up_seconds,
+    runs,
+)
 
 COMMAND = [sys.executable, "-m", "bridge.cli"]
 RAN: list[int] = []
@@ -414,14 +420,14 @@ def test_new_work_starts_within_a_second_and_an_idle_worker_is_cheap(
         idle_cpu = (worker.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
         latencies = []
         for _ in range(3):
-            before = len(runs(store.engine))
-            enqueued_at = time.monotonic()
-            enqueue_probes(database_url, 1)
-            wait_for(lambda b=before: len(runs(store.engine)) > b, 5, "the probe to run")
-            latencies.append(time.monotonic() - enqueued_at)
+            (job_id,) = enqueue_probes(database_url, 1)
+            wait_for(lambda j=job_id: runs(store.engine)[j] > 0, 5, "the probe to run")
+            # The worker's part only (BRIDGE_WORKER_POLL_SECONDS, 0.5 s, and the claim): what
+            # the test spends enqueueing and polling is not the worker's (it once made 1.01 s).
+            latencies.append(pick_up_seconds(store.engine, job_id))
             time.sleep(0.3)
         print(f"idle CPU {idle_cpu:.1%} of a core; pick-up latencies {latencies}")
-        assert max(latencies) < 1.0
+        assert 0 < max(latencies) < 1.0
         assert idle_cpu < 0.05
     finally:
         worker.process.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,6 +33,7 @@ probe_runs = Table(
     Column("job_id", Integer, nullable=False),
     Column("phase", String(8), nullable=False),
     Column("pid", Integer, nullable=False),
+    # When the run reached the phase (UTC, to the microsecond: `_record` sets it).
     Column("at", DateTime, server_default=func.now()),
 )
 
@@ -53,9 +55,27 @@ def runs_by_pid(engine: Engine) -> Counter[int]:
         return Counter(row[0] for row in rows)
 
 
+def pick_up_seconds(engine: Engine, job_id: int) -> float:
+    """From the job's creation (`outbox_jobs.created_at`, set by the enqueuer) to its first
+    start in a worker (the probe's `start` row): the worker's pick-up alone, without what the
+    test's own enqueueing and polling cost."""
+    with engine.connect() as connection:
+        created = connection.scalar(select(OutboxJob.created_at).where(OutboxJob.id == job_id))
+        started = connection.scalar(
+            select(func.min(probe_runs.c.at)).where(
+                probe_runs.c.job_id == job_id, probe_runs.c.phase == "start"
+            )
+        )
+    assert created is not None and started is not None, (job_id, created, started)
+    return (started - created.astimezone(UTC).replace(tzinfo=None)).total_seconds()
+
+
 def _record(services: Services, job_id: int, phase: str) -> None:
+    at = datetime.now(UTC).replace(tzinfo=None)
     with services.store.session() as session:
-        session.execute(probe_runs.insert().values(job_id=job_id, phase=phase, pid=os.getpid()))
+        session.execute(
+            probe_runs.insert().values(job_id=job_id, phase=phase, pid=os.getpid(), at=at)
+        )
 
 
 @outbox.handler(PROBE_KIND)
