@@ -132,7 +132,7 @@ def run_wrk(url: str, deliveries: Path, *, seconds: float, connections: int) -> 
             "max": round(raw["max_us"] / 1000, 2),
         },
         "errors": errors,
-        # (percentile, ms) from 1 to 99.9, and the maximum as the 100th: for merge_percentile.
+        # (percentile, ms) from 1 to 99.9, and the maximum as the 100th: for merged_percentile.
         "latency_cdf_ms": [[q, round(us / 1000, 3)] for q, us in raw["cdf_us"]]
         + [[100, round(raw["max_us"] / 1000, 3)]],
     }
@@ -450,12 +450,14 @@ class Floor:
                     lambda: _inbox_count(pg_url),
                 )
             )
-        # Two rounds of half the time, the second in the reverse order (floor, SQLite,
-        # PostgreSQL, PostgreSQL, SQLite, floor): the machine's speed drifts within minutes,
-        # and this way a drift costs the floor and the bridge alike (docs/performance.md).
+        # Rounds of an equal share of the time, every other one in the reverse order (floor,
+        # SQLite, PostgreSQL, PostgreSQL, SQLite, floor): the machine's speed drifts within
+        # minutes, and this way a drift costs the floor and the bridge alike
+        # (docs/performance.md).
         parts: dict[str, list[dict[str, Any]]] = {name: [] for name, _start, _count in servers}
         try:
-            for index, order in enumerate((servers, servers[::-1])):
+            for index in range(FLOOR_ROUNDS):
+                order = servers if index % 2 == 0 else servers[::-1]
                 if index:
                     self._sign()  # deliveries that no server has seen
                 for name, start, count in order:
@@ -476,6 +478,7 @@ class Floor:
         }
         return {
             "seconds": self.seconds,
+            "rounds": FLOOR_ROUNDS,
             "concurrency": self.concurrency,
             "load_generator": f"wrk {WRK_THREADS} threads, {self.concurrency} connections, "
             "bench/wrk_deliveries.lua",

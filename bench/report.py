@@ -141,8 +141,9 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
     floor = results.get("floor")
     if floor:
         lines.append(
-            f"0. ingest against the floor: {floor['seconds']:.0f} s each in 2 rounds "
-            f"(floor, SQLite, PostgreSQL, then back), {floor['concurrency']} connections, wrk"
+            f"0. ingest against the floor: {floor['seconds']:.0f} s each, in {floor['rounds']} "
+            "rounds (floor, SQLite, PostgreSQL, then back), "
+            f"{floor['concurrency']} connections, wrk"
         )
         for name, run in floor["runs"].items():
             latency = run["latency_ms"]
@@ -184,7 +185,8 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
     requests_ = results.get("requests")
     if requests_:
         lines.append(
-            f"3. refund requests: N={requests_['n']}, concurrency {requests_['concurrency']}"
+            f"3. refund requests: N={requests_['n']}, concurrency {requests_['concurrency']}, "
+            f"{requests_.get('rounds', 1)} rounds alternating with the direct work"
         )
         latency = requests_["latency_ms"]
         row("requests per second", requests_["per_second"])

@@ -511,7 +511,8 @@ class Bench:
         # Rounds in the order bridge, direct, direct, bridge, ...: the machine's speed drifts
         # over a run (docs/performance.md), and this way a drift costs both sides alike.
         bridge, direct = _Side(), _Side()
-        background, states = 0.0, dict[str, int]()
+        background = 0.0
+        states: dict[str, int] = {}
         for index, part in enumerate(load.split(order_ids, REQUEST_ROUNDS)):
             for side in ("bridge", "direct") if index % 2 == 0 else ("direct", "bridge"):
                 if side == "direct":

@@ -215,10 +215,7 @@ class BenchStack:
 
     def web_pids(self) -> list[int]:
         """gunicorn's master and its workers."""
-        if self.bridge is None:
-            return []
-        master = self.bridge.pid
-        return [master, *children(master)]
+        return _process_tree(self.bridge)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by Directus, the bridge's web processes and the sandbox (the
