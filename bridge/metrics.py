@@ -48,6 +48,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from bridge.errors import NotAuthenticated
+from bridge.ledger import ledger
 from bridge.store.models import (
     InboxEvent,
     InboxState,
@@ -280,6 +281,13 @@ def count_ledger_changes() -> None:
 
     if not event.contains(RefundStatusChange, "after_insert", _history_written):
         event.listen(RefundStatusChange, "after_insert", _history_written)
+    # A refund request writes its new refund with Core statements (no ORM event): told here.
+    ledger.on_created(_refund_written)
+
+
+def _refund_written(session: Any, refund: Refund) -> None:
+    source, reason = str(refund.source or "cooco"), str(refund.reason)
+    after_commit(session, lambda: refund_created(source, reason))
 
 
 def _history_written(_mapper: Any, _connection: Any, change: RefundStatusChange) -> None:

@@ -12,12 +12,13 @@ PENDING (and is sent); denied, DENIED, for good (docs/refunds.md, "The refund po
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import Table, bindparam, case, func, insert, select
 from sqlalchemy.orm import Session
 
-from bridge.store.models import Refund, RefundStatus, RefundStatusChange, utcnow
+from bridge.store.models import Refund, RefundSource, RefundStatus, RefundStatusChange, utcnow
 
 # What each status may move to.
 FORWARD: dict[str, frozenset[str]] = {
@@ -47,6 +48,55 @@ def record_created(
     refund.history.append(
         RefundStatusChange(from_status=None, to_status=refund.status, source=source, detail=detail)
     )
+
+
+def insert_new(session: Session, refund: Refund) -> None:
+    """Write a new refund and its history lines (`record_created`) with two Core statements in
+    the caller's transaction, instead of the session's unit of work (a refund request's CPU:
+    docs/performance.md). The object stays out of the session, every column set as written
+    (the defaults filled in), and the `on_created` observers are told."""
+    now = utcnow()
+    if refund.status is None:
+        refund.status = RefundStatus.PENDING
+    if refund.source is None:
+        refund.source = RefundSource.COOCO
+    if refund.needs_review is None:
+        refund.needs_review = False
+    refund.created_at = refund.created_at or now
+    refund.updated_at = refund.updated_at or refund.created_at
+    session.execute(
+        _INSERT_REFUND, {column.key: getattr(refund, column.key) for column in _REFUNDS.c}
+    )
+    lines = []
+    for change in refund.history:
+        change.at = change.at or now
+        lines.append(
+            {
+                "refund_id": refund.id,
+                "from_status": change.from_status,
+                "to_status": change.to_status,
+                "source": change.source,
+                "detail": change.detail,
+                "at": change.at,
+            }
+        )
+    if lines:
+        session.execute(_INSERT_CHANGE, lines)
+    for observer in _CREATED_OBSERVERS:
+        observer(session, refund)
+
+
+def on_created(observer: Callable[[Session, Refund], None]) -> None:
+    """Call `observer(session, refund)` for each refund `insert_new` writes (the metrics: the
+    ledger knows nothing of them). Idempotent."""
+    if observer not in _CREATED_OBSERVERS:
+        _CREATED_OBSERVERS.append(observer)
+
+
+_CREATED_OBSERVERS: list[Callable[[Session, Refund], None]] = []
+_REFUNDS = cast(Table, Refund.__table__)
+_INSERT_REFUND = insert(_REFUNDS)
+_INSERT_CHANGE = insert(cast(Table, RefundStatusChange.__table__))
 
 
 def transition(refund: Refund, new_status: str, *, source: str, detail: str | None = None) -> bool:

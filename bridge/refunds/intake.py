@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from marshmallow import ValidationError
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bridge import logs
@@ -428,12 +428,17 @@ def _record(
             if waits:
                 detail += f"; waits for an admin's approval: {waits}"
             ledger.record_created(refund, detail=detail)
-            session.add(refund)
+            ledger.insert_new(session, refund)
             if key is not None:
-                session.add(
-                    IdempotencyRecord(
-                        caller=scope, key=key, request_hash=request_hash, refund_id=refund.id
-                    )
+                session.execute(
+                    _INSERT_KEY,
+                    {
+                        "caller": scope,
+                        "key": key,
+                        "request_hash": request_hash,
+                        "refund_id": refund.id,
+                        "created_at": refund.created_at,
+                    },
                 )
             projection_job = projection.enqueue_projection(session, refund, lease_to=owner)
             if waits:
@@ -545,6 +550,7 @@ def _key(scope: str, key: str) -> dict[str, str]:
 
 # Built once (a refund request's CPU: docs/performance.md). Core: the record is only read.
 _KEYS = cast(Table, IdempotencyRecord.__table__)
+_INSERT_KEY = insert(_KEYS)
 _KEY_RECORD = select(_KEYS).where(
     _KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key")
 )
