@@ -154,12 +154,13 @@ def snapshot(session: Session, refund: Refund, *, owner: str | None, exclude: in
     """Take the refund out of the caller's transaction with its history, for a projection by
     `owner` (job `exclude`) right after the commit, instead of that run reading it again. Call
     it last, with the refund's row locked (SQLite's write lock, or FOR UPDATE)."""
-    session.flush()
     covered = outbox.pending_job_ids(
         session, JOB_PROJECT_REFUND, refund.id, owner=owner, exclude=exclude
     )
-    refund.history  # noqa: B018 - load before the refund leaves the session
-    session.expunge(refund)
+    if refund in session:  # else written with Core statements, complete in memory (ledger)
+        session.flush()
+        refund.history  # noqa: B018 - load before the refund leaves the session
+        session.expunge(refund)
     return Snapshot(refund=refund, covered=covered)
 
 

@@ -70,20 +70,31 @@ def insert_new(session: Session, refund: Refund) -> None:
     lines = []
     for change in refund.history:
         change.at = change.at or now
-        lines.append(
-            {
-                "refund_id": refund.id,
-                "from_status": change.from_status,
-                "to_status": change.to_status,
-                "source": change.source,
-                "detail": change.detail,
-                "at": change.at,
-            }
-        )
+        lines.append(_line(refund, change))
     if lines:
         session.execute(_INSERT_CHANGE, lines)
     for observer in _CREATED_OBSERVERS:
         observer(session, refund)
+
+
+def insert_line(session: Session, refund: Refund, change: RefundStatusChange) -> None:
+    """Write one history line of a refund that is out of any session (`insert_new`) with a Core
+    statement, and append it to the refund's history in memory. A line that changes the
+    status goes through `transition` instead (its rules, its metrics)."""
+    change.at = change.at or utcnow()
+    session.execute(_INSERT_CHANGE, _line(refund, change))
+    refund.history.append(change)
+
+
+def _line(refund: Refund, change: RefundStatusChange) -> dict[str, Any]:
+    return {
+        "refund_id": refund.id,
+        "from_status": change.from_status,
+        "to_status": change.to_status,
+        "source": change.source,
+        "detail": change.detail,
+        "at": change.at,
+    }
 
 
 def on_created(observer: Callable[[Session, Refund], None]) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 
 from bridge.directus.alerts import enqueue_admin_alert
 from bridge.directus.notify import enqueue_notify_result
@@ -115,9 +115,11 @@ def submit_now(
     by a job of its own; `then(session, refund)` runs last in the transaction that records
     RideNDine's acceptance. Returns the job's state afterwards (retries run `submit_refund`)."""
 
+    in_request = _InRequest(refund=refund, projection_job=projection_job, then=then)
+
     def attempt(services: Services, job: OutboxJob) -> None:
         submission = _Submission.of(refund)  # inside: its GiveUp is the job's outcome
-        _submit(services, job, submission, projection_job=projection_job, then=then)
+        _submit(services, job, submission, in_request)
 
     return outbox.run_now(
         services,
@@ -129,13 +131,21 @@ def submit_now(
     )
 
 
+@dataclass(frozen=True)
+class _InRequest:
+    """What a refund request's own attempt (`submit_now`) brings: the refund as the request
+    recorded it (out of any session), its projection job still to run, and `then`."""
+
+    refund: Refund
+    projection_job: int | None
+    then: Callable[[Session, Refund], None] | None
+
+
 def _submit(
     services: Services,
     job: OutboxJob,
     submission: _Submission,
-    *,
-    projection_job: int | None = None,
-    then: Callable[[Session, Refund], None] | None = None,
+    in_request: _InRequest | None = None,
 ) -> None:
     # No transaction is open while RideNDine is asked: the store stays free for others.
     try:
@@ -157,7 +167,7 @@ def _submit(
             extra={"refund_id": submission.refund_id, "attempt": job.attempts + 1},
         )
         raise outbox.RetryLater(f"RideNDine: {exc}", delay=exc.retry_after) from None
-    _record_acceptance(services, job, submission.refund_id, accepted, projection_job, then)
+    _record_acceptance(services, job, submission.refund_id, accepted, in_request)
 
 
 def _record_acceptance(
@@ -165,31 +175,20 @@ def _record_acceptance(
     job: OutboxJob,
     refund_id: str,
     accepted: RefundAccepted,
-    projection_job: int | None = None,
-    then: Callable[[Session, Refund], None] | None = None,
+    in_request: _InRequest | None = None,
 ) -> None:
+    projection_job = in_request.projection_job if in_request else None
     with services.store.session() as session:
-        # Locked (PostgreSQL; SQLite's transaction holds the write lock): what is read here is
-        # what is written back, and what `then` sees is the state this commit leaves.
-        refund = session.get(Refund, refund_id, with_for_update=True)
-        if refund is None:
-            return
-        detail = f"accepted by RideNDine (HTTP {accepted.status})"
-        partner_id = accepted.refund_id
-        if partner_id and refund.ridendine_refund_id is None:
-            other = session.scalar(
-                _OTHER_WITH_PARTNER_ID, {"partner_id": partner_id, "refund_id": refund.id}
-            )
-            if other is None:
-                refund.ridendine_refund_id = partner_id
-                detail += f", refund_id {partner_id}"
-            else:
-                ledger.mark_for_review(
-                    refund,
-                    f"RideNDine answered with refund_id {partner_id}, already on refund {other}",
-                    source=ledger.SOURCE_RIDENDINE_API,
-                )
-        _note(session, refund, detail)
+        refund = None
+        if in_request is not None and _accept_known(session, in_request.refund, accepted):
+            refund = in_request.refund
+        else:
+            # Locked (PostgreSQL; SQLite's transaction holds the write lock): what is read here
+            # is what is written back, and what `then` sees is the state this commit leaves.
+            refund = session.get(Refund, refund_id, with_for_update=True)
+            if refund is None:
+                return
+            _accept(session, refund, accepted)
         owner = _request_owner(job)
         # Run inside a request, the request projects the refund next: its projection job,
         # still leased to it, projects this change too when it is still the request's (so that
@@ -202,17 +201,98 @@ def _record_acceptance(
         ):
             enqueue_projection(session, refund, lease_to=owner)
         outbox.complete_in(session, job)  # done with the change it made: one transaction
-        if then is not None:
-            then(session, refund)
+        if in_request is not None and in_request.then is not None:
+            in_request.then(session, refund)
     log.info(
         "refund accepted by RideNDine",
         extra={"refund_id": refund_id, "ridendine_refund_id": accepted.refund_id},
     )
 
 
+def _accept(session: Session, refund: Refund, accepted: RefundAccepted) -> None:
+    """RideNDine's acceptance on the refund as read, locked, in the session."""
+    partner_id = accepted.refund_id
+    detail = _accepted_detail(accepted)
+    if partner_id and refund.ridendine_refund_id is None:
+        other = session.scalar(
+            _OTHER_WITH_PARTNER_ID, {"partner_id": partner_id, "refund_id": refund.id}
+        )
+        if other is None:
+            refund.ridendine_refund_id = partner_id
+            detail += f", refund_id {partner_id}"
+        else:
+            ledger.mark_for_review(
+                refund,
+                f"RideNDine answered with refund_id {partner_id}, already on refund {other}",
+                source=ledger.SOURCE_RIDENDINE_API,
+            )
+    _note(session, refund, detail)
+
+
+def _accept_known(session: Session, refund: Refund, accepted: RefundAccepted) -> bool:
+    """RideNDine's acceptance written with Core statements on the refund as the request
+    recorded it, when the store still holds exactly that (compared on `updated_at`, which
+    every change sets; the UPDATE locks the row): no read of the refund and its history, no
+    unit of work (a refund request's CPU: docs/performance.md). `refund`, out of any session,
+    is brought up to date. False, having written nothing, when the refund changed meanwhile or
+    RideNDine's refund_id is on another refund: the caller reads it and decides (`_accept`)."""
+    partner_id = accepted.refund_id or None
+    if refund.ridendine_refund_id is not None or refund.updated_at is None:
+        return False
+    if partner_id is not None and session.scalar(
+        _OTHER_WITH_PARTNER_ID, {"partner_id": partner_id, "refund_id": refund.id}
+    ):
+        return False
+    now = utcnow()
+    values = {
+        "refund_id": refund.id,
+        "known_status": refund.status,
+        "was": refund.updated_at,
+        "partner_id": partner_id,
+        "now": now,
+    }
+    if not session.execute(_ACCEPT_UNCHANGED, values).rowcount:  # type: ignore[attr-defined]
+        return False
+    refund.ridendine_refund_id = partner_id
+    refund.updated_at = now
+    detail = _accepted_detail(accepted)
+    if partner_id is not None:
+        detail += f", refund_id {partner_id}"
+    ledger.insert_line(
+        session,
+        refund,
+        RefundStatusChange(
+            from_status=refund.status,
+            to_status=refund.status,
+            source=ledger.SOURCE_RIDENDINE_API,
+            detail=detail,
+            at=now,
+        ),
+    )
+    return True
+
+
+def _accepted_detail(accepted: RefundAccepted) -> str:
+    return f"accepted by RideNDine (HTTP {accepted.status})"
+
+
 # Built once (a refund request's CPU: docs/performance.md).
 _OTHER_WITH_PARTNER_ID = select(Refund.id).where(
     Refund.ridendine_refund_id == bindparam("partner_id"), Refund.id != bindparam("refund_id")
+)
+_REFUNDS = cast(Table, Refund.__table__)
+_ACCEPT_UNCHANGED = (
+    update(_REFUNDS)
+    .where(
+        _REFUNDS.c.id == bindparam("refund_id"),
+        _REFUNDS.c.status == bindparam("known_status"),
+        _REFUNDS.c.updated_at == bindparam("was", type_=_REFUNDS.c.updated_at.type),
+        _REFUNDS.c.ridendine_refund_id.is_(None),
+    )
+    .values(
+        ridendine_refund_id=bindparam("partner_id"),
+        updated_at=bindparam("now", type_=_REFUNDS.c.updated_at.type),
+    )
 )
 
 

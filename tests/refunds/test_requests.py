@@ -14,13 +14,21 @@ import requests
 import responses
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from bridge import create_app
 from bridge.jobs import outbox
+from bridge.ledger import ledger
 from bridge.refunds import intake as refund_service
 from bridge.services import Services, get_services
-from bridge.store.models import IdempotencyRecord, OutboxJob, OutboxState, Refund, utcnow
+from bridge.store.models import (
+    IdempotencyRecord,
+    OutboxJob,
+    OutboxState,
+    Refund,
+    RefundStatus,
+    utcnow,
+)
 from devstack.directus import DirectusServer
 from directus_client import DirectusClient
 from tests.support.helpers import (
@@ -209,6 +217,38 @@ def test_a_refund_request_costs_directus_one_read_and_one_create(
     assert [job.state for job in jobs] == [OutboxState.DONE]
 
 
+def test_a_refund_request_never_reads_its_refund_back_from_the_store(
+    api: FlaskClient,
+    services: Services,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+) -> None:
+    """What the request wrote it still holds (docs/performance.md): the refund and its history
+    are written, then RideNDine's acceptance, without reading them again."""
+    order = make_order(directus_admin)
+    accept(ridendine, "re_unread")
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(services.store.engine, "before_cursor_execute", seen)
+    try:
+        response = post(api, admin_refund(order["id"]))
+    finally:
+        event.remove(services.store.engine, "before_cursor_execute", seen)
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.get_json()["refund"]["ridendine_refund_id"] == "re_unread"
+    reads = [statement for statement in statements if statement.startswith("SELECT")]
+    assert reads, statements  # the listener saw the request's statements
+    assert not [read for read in reads if "FROM refund_status_changes" in read]
+    assert not [read for read in reads if read.startswith("SELECT refunds.id, refunds.order_id")]
+    assert any(
+        statement.startswith("UPDATE refunds SET ridendine_refund_id") for statement in statements
+    )
+
+
 def test_a_projection_taken_by_a_worker_meanwhile_gets_ridendines_answer_projected_anyway(
     api: FlaskClient,
     services: Services,
@@ -241,6 +281,75 @@ def test_a_projection_taken_by_a_worker_meanwhile_gets_ridendines_answer_project
     jobs = {job.locked_by: job.state for job in submit_jobs(services, refund_id, "project_refund")}
     # The worker's job stays the worker's (it projects the same state again, harmlessly).
     assert jobs == {"worker-elsewhere": OutboxState.PENDING, None: OutboxState.DONE}
+
+
+def test_a_result_recorded_while_ridendine_answers_is_kept_with_the_acceptance(
+    api: FlaskClient,
+    services: Services,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+) -> None:
+    """The acceptance is written without reading the refund back when the store still holds
+    it as the request recorded it; here a result (as from a webhook) changed it meanwhile, so
+    the acceptance reads it and adds to it: nothing of the result is overwritten."""
+    order = make_order(directus_admin)
+
+    def refunded_meanwhile(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        with services.store.session() as session:
+            refund = session.get(Refund, request.headers["Idempotency-Key"])
+            assert refund is not None
+            assert ledger.transition(
+                refund, RefundStatus.REFUNDED, source=ledger.SOURCE_WEBHOOK, detail="result"
+            )
+        return 200, {}, json.dumps({"refund_id": "re_meanwhile"})
+
+    ridendine.add_callback(responses.POST, CREATE_URL, callback=refunded_meanwhile)
+
+    response = post(api, admin_refund(order["id"]))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    answered = response.get_json()["refund"]
+    assert answered["status"] == "REFUNDED"
+    assert answered["ridendine_refund_id"] == "re_meanwhile"
+    (refund,) = ledger_refunds(services, order["id"])
+    assert (refund.status, refund.ridendine_refund_id) == ("REFUNDED", "re_meanwhile")
+    with services.store.session() as session:
+        stored = session.get(Refund, refund.id)
+        assert stored is not None
+        details = [change.detail for change in stored.history]
+    assert details[1:] == ["result", "accepted by RideNDine (HTTP 200), refund_id re_meanwhile"]
+    item = directus_admin.get_item("refunds", refund.id)
+    assert (item["status"], item["ridendine_refund_id"]) == ("REFUNDED", "re_meanwhile")
+
+
+def test_a_ridendine_refund_id_already_on_another_refund_flags_the_new_one_for_review(
+    api: FlaskClient,
+    services: Services,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+) -> None:
+    first_order, second_order = make_order(directus_admin), make_order(directus_admin)
+    accept(ridendine, "re_twice")
+    first = post(api, admin_refund(first_order["id"])).get_json()["refund"]
+
+    response = post(api, admin_refund(second_order["id"]))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    second = response.get_json()["refund"]
+    assert first["ridendine_refund_id"] == "re_twice"
+    assert second["ridendine_refund_id"] is None
+    assert second["needs_review"] is True
+    assert second["review_reason"] == (
+        f"RideNDine answered with refund_id re_twice, already on refund {first['id']}"
+    )
+    with services.store.session() as session:
+        refund = session.get(Refund, second["id"])
+        assert refund is not None
+        details = [change.detail for change in refund.history]
+    assert details[-2:] == [
+        f"needs review: {second['review_reason']}",
+        "accepted by RideNDine (HTTP 200)",
+    ]
 
 
 def test_partial_refund_then_the_default_is_what_remains(
