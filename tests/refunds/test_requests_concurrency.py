@@ -172,6 +172,7 @@ def test_twenty_concurrent_ten_percent_refunds_accept_exactly_ten(
         assert all(body["refundable_cents"] < 1_000 for body in refused)
         accepted_ids = {body["refund"]["id"] for body in accepted}
         assert all(body["refund"]["amount_cents"] == 1_000 for body in accepted)
+        assert all(body["refund"]["ridendine_refund_id"] for body in accepted)
         # RideNDine got exactly the accepted refunds, each once, keyed by the refund's id.
         assert sorted(key for key, _ in ridendine.received) == sorted(accepted_ids)
         assert sum(body["amount_cents"] for _, body in ridendine.received) == 10_000
@@ -182,6 +183,12 @@ def test_twenty_concurrent_ten_percent_refunds_accept_exactly_ten(
             refunds = session.scalars(select(Refund).where(Refund.order_id == order["id"])).all()
             assert {refund.id for refund in refunds} == accepted_ids
             assert sum(refund.amount_cents for refund in refunds) == 10_000
+            # Each acceptance recorded once, on its own refund (written without reading the
+            # refund back when it is unchanged: docs/refunds.md), on both stores.
+            assert sorted(refund.ridendine_refund_id or "" for refund in refunds) == sorted(
+                f"re_{number}" for number in range(1, 11)
+            )
+            assert {len(refund.history) for refund in refunds} == {2}
     finally:
         store.dispose()
 
