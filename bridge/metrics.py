@@ -285,7 +285,7 @@ def count_ledger_changes() -> None:
     ledger.on_created(_refund_written)
 
 
-def _refund_written(session: Any, refund: Refund) -> None:
+def _refund_written(session: Session, refund: Refund) -> None:
     source, reason = str(refund.source or "cooco"), str(refund.reason)
     after_commit(session, lambda: refund_created(source, reason))
 

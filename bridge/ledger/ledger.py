@@ -67,10 +67,9 @@ def insert_new(session: Session, refund: Refund) -> None:
     session.execute(
         _INSERT_REFUND, {column.key: getattr(refund, column.key) for column in _REFUNDS.c}
     )
-    lines = []
     for change in refund.history:
         change.at = change.at or now
-        lines.append(_line(refund, change))
+    lines = [_line(refund, change) for change in refund.history]
     if lines:
         session.execute(_INSERT_CHANGE, lines)
     for observer in _CREATED_OBSERVERS:

@@ -219,7 +219,7 @@ def _accept(session: Session, refund: Refund, accepted: RefundAccepted) -> None:
         )
         if other is None:
             refund.ridendine_refund_id = partner_id
-            detail += f", refund_id {partner_id}"
+            detail = _accepted_detail(accepted, partner_id)
         else:
             ledger.mark_for_review(
                 refund,
@@ -255,9 +255,6 @@ def _accept_known(session: Session, refund: Refund, accepted: RefundAccepted) ->
         return False
     refund.ridendine_refund_id = partner_id
     refund.updated_at = now
-    detail = _accepted_detail(accepted)
-    if partner_id is not None:
-        detail += f", refund_id {partner_id}"
     ledger.insert_line(
         session,
         refund,
@@ -265,15 +262,17 @@ def _accept_known(session: Session, refund: Refund, accepted: RefundAccepted) ->
             from_status=refund.status,
             to_status=refund.status,
             source=ledger.SOURCE_RIDENDINE_API,
-            detail=detail,
+            detail=_accepted_detail(accepted, partner_id),
             at=now,
         ),
     )
     return True
 
 
-def _accepted_detail(accepted: RefundAccepted) -> str:
-    return f"accepted by RideNDine (HTTP {accepted.status})"
+def _accepted_detail(accepted: RefundAccepted, recorded_partner_id: str | None = None) -> str:
+    """The acceptance's history line, naming RideNDine's refund_id when it was recorded."""
+    detail = f"accepted by RideNDine (HTTP {accepted.status})"
+    return f"{detail}, refund_id {recorded_partner_id}" if recorded_partner_id else detail
 
 
 # Built once (a refund request's CPU: docs/performance.md).
