@@ -25,7 +25,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from directus_client import read_environment_once
+from directus_client import prepare_request, read_environment_once
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,12 @@ class RideNDineClient:
             "Idempotency-Key": idempotency_key,
         }
         try:
-            response = self.session.post(
-                url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            response = self.session.send(
+                prepare_request(self.session, "POST", url, headers, body),
+                timeout=self.timeout,
+                allow_redirects=False,
+                proxies=self.session.proxies,
+                verify=self.session.verify,
             )
         except requests.Timeout as exc:
             raise RideNDineTimeoutError(

@@ -1,7 +1,8 @@
 """Both outbound clients take the environment's proxy settings once, when they are made
-(`directus_client.read_environment_once`): requests' per-call reading of the environment and
-~/.netrc was a good part of a call's CPU (docs/performance.md). What the environment says must
-still hold: HTTP_PROXY is used, NO_PROXY is honoured, ~/.netrc never replaces our token."""
+(`directus_client.read_environment_once`), and prepare their requests without requests'
+per-call merging (`directus_client.prepare_request`): both were a good part of a call's CPU
+(docs/performance.md). What the environment says must still hold: HTTP_PROXY is used, NO_PROXY
+is honoured, ~/.netrc never replaces our token; and the requests sent are the same."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from bridge.refunds.ridendine import RideNDineClient
 from directus_client import DirectusClient
@@ -101,3 +103,29 @@ def test_a_netrc_entry_never_replaces_the_token(
     monkeypatch.delenv("HTTP_PROXY", raising=False)
     call_both(direct)
     assert [auth for _line, auth in seen] == ["Bearer directus-token", "Bearer ridendine-key"]
+
+
+def test_requests_are_sent_as_prepared_by_the_clients_themselves(
+    server: tuple[str, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct, seen = server
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+
+    def merged_per_call(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("Session.prepare_request was used")
+
+    monkeypatch.setattr(requests.Session, "prepare_request", merged_per_call)
+    directus = DirectusClient(direct, "directus-token", retries=0)
+    hooked: list[int] = []
+    directus.session.hooks["response"].append(lambda response, **_: hooked.append(1))
+    directus.request("GET", "/items/orders", params={"filter": {"id": {"_eq": "o 1/2"}}})
+    directus.request("POST", "/items/refunds", json_body={"id": "rf_1"})
+    call_both(direct)
+    assert [line for line, _auth in seen] == [
+        "GET /items/orders?filter=%7B%22id%22%3A%7B%22_eq%22%3A%22o+1%2F2%22%7D%7D HTTP/1.1",
+        "POST /items/refunds HTTP/1.1",
+        "GET /server/ping HTTP/1.1",
+        "POST /refunds/create HTTP/1.1",
+    ]
+    assert [auth for _line, auth in seen][-1] == "Bearer ridendine-key"
+    assert hooked == [1, 1]  # the session's own hooks still run
