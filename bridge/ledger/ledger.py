@@ -68,7 +68,7 @@ def insert_new(session: Session, refund: Refund) -> None:
         _INSERT_REFUND, {column.key: getattr(refund, column.key) for column in _REFUNDS.c}
     )
     for change in refund.history:
-        change.at = change.at or now
+        change.at = change.at or refund.created_at
     lines = [_line(refund, change) for change in refund.history]
     if lines:
         session.execute(_INSERT_CHANGE, lines)

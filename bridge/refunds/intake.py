@@ -56,6 +56,7 @@ from bridge.store.models import (
     Refund,
     RefundSource,
     RefundStatus,
+    new_refund_id,
     utcnow,
 )
 from bridge.web.auth import ROLE_CUSTOMER, Caller
@@ -399,8 +400,20 @@ def _record(
     try:
         with services.store.session() as session:
             lock_order(session, order.id)
-            if key is not None and session.execute(_KEY_RECORD, _key(scope, key)).first():
-                raise _KeyTaken
+            refund_id, now = new_refund_id(), utcnow()
+            if key is not None:
+                # A key recorded since `_earlier_answer` looked fails here, on its primary key,
+                # before anything else is decided (below: the first answer is replayed).
+                session.execute(
+                    _INSERT_KEY,
+                    {
+                        "caller": scope,
+                        "key": key,
+                        "request_hash": request_hash,
+                        "refund_id": refund_id,
+                        "created_at": now,
+                    },
+                )
             refundable = ledger.refundable_cents(session, order.id, paid_cents)
             if amount is None:
                 amount = refundable
@@ -411,6 +424,8 @@ def _record(
                 session, services.settings, order.id, order.status, requested_by, amount
             )
             refund = Refund(
+                id=refund_id,
+                created_at=now,
                 order_id=order.id,
                 ridendine_order_id=order.ridendine_order_id,
                 amount_cents=amount,
@@ -429,17 +444,6 @@ def _record(
                 detail += f"; waits for an admin's approval: {waits}"
             ledger.record_created(refund, detail=detail)
             ledger.insert_new(session, refund)
-            if key is not None:
-                session.execute(
-                    _INSERT_KEY,
-                    {
-                        "caller": scope,
-                        "key": key,
-                        "request_hash": request_hash,
-                        "refund_id": refund.id,
-                        "created_at": refund.created_at,
-                    },
-                )
             projection_job = projection.enqueue_projection(session, refund, lease_to=owner)
             if waits:
                 submit_job = None  # nothing goes to RideNDine until an admin approves
@@ -449,7 +453,8 @@ def _record(
     except IntegrityError:
         if key is None:
             raise
-        # The same key committed by a concurrent request (PostgreSQL: the PK waited for it).
+        # The same key recorded by a concurrent request (PostgreSQL: the primary key waited
+        # for its transaction).
         raise _KeyTaken from None
     log.info(
         "refund recorded",

@@ -26,7 +26,6 @@ from alembic.script import ScriptDirectory
 from flask import Flask, current_app
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -201,15 +200,18 @@ def lock_order(session: Session, order_id: str) -> None:
     """Serialise refund requests on one order until the session's transaction ends.
 
     Holds across processes and instances: a row lock on PostgreSQL; on SQLite the transaction
-    already holds the database's single write lock (BEGIN IMMEDIATE).
+    begun here holds the database's single write lock (BEGIN IMMEDIATE), which serialises
+    every writer already: no statement is needed (a refund request's CPU:
+    docs/performance.md).
     """
-    dialect = session.get_bind().dialect.name
-    values = {"order_id": order_id}
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
+        values = {"order_id": order_id}
         session.execute(_ORDER_LOCK_PG, values)
         session.execute(_ORDER_LOCK_PG_FOR_UPDATE, values)
-    else:
-        session.execute(_ORDER_LOCK_SQLITE, values)
+        return
+    connection = session.connection()
+    if connection.get_execution_options().get(READ_ONLY):
+        raise RuntimeError("lock_order needs a writing session (Store.session)")
 
 
 # Built once (a refund request's CPU: docs/performance.md).
@@ -220,7 +222,6 @@ _ORDER_LOCK_PG_FOR_UPDATE = (
     .where(_ORDER_LOCKS.c.order_id == bindparam("order_id"))
     .with_for_update()
 )
-_ORDER_LOCK_SQLITE = sqlite_insert(_ORDER_LOCKS).on_conflict_do_nothing()
 
 
 def alembic_config(url: str) -> AlembicConfig:

@@ -156,7 +156,8 @@ class OrderLock(Base):
     """A row per order, locked for the duration of a refund request's amount check.
 
     On PostgreSQL the request takes `SELECT ... FOR UPDATE` on it; on SQLite every write
-    transaction is `BEGIN IMMEDIATE`, so the single writer serialises them anyway.
+    transaction is `BEGIN IMMEDIATE`, so the single writer serialises them anyway and no row
+    is written (`lock_order`).
     """
 
     __tablename__ = "order_locks"

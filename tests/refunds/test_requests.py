@@ -711,6 +711,40 @@ def test_a_key_still_in_flight_waits_then_409(
     assert ledger_refunds(services, order["id"]) == []
 
 
+def test_a_key_recorded_after_the_look_up_replays_the_first_answer(
+    api: FlaskClient,
+    services: Services,
+    ridendine: responses.RequestsMock,
+    directus_admin: DirectusClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if the first request recorded the key just after the second one looked it up: the
+    # second finds it when it records its own (the key's primary key), before the amount
+    # check, which the first request's refund of everything would fail.
+    order = make_order(directus_admin)
+    accept(ridendine)
+    body = admin_refund(order["id"])
+    first = post(api, body, {"Idempotency-Key": "raced"})
+    assert first.status_code == 202
+    look_up = refund_service._earlier_answer
+    look_ups: list[str] = []
+
+    def missed_once(*args: Any, **kwargs: Any) -> Any:
+        look_ups.append("looked")
+        return None if len(look_ups) == 1 else look_up(*args, **kwargs)
+
+    monkeypatch.setattr(refund_service, "_earlier_answer", missed_once)
+
+    again = post(api, body, {"Idempotency-Key": "raced"})
+
+    assert again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert look_ups == ["looked", "looked"]
+    assert len(ridendine_calls(ridendine)) == 1
+    assert len(ledger_refunds(services, order["id"])) == 1
+
+
 def test_a_key_whose_first_request_died_answers_from_the_ledger(
     api: FlaskClient,
     services: Services,

@@ -102,6 +102,16 @@ def test_order_lock_serialises_transactions(
     for thread in threads:
         thread.join(20)
     assert events == ["first-locked", "first-done", "second-locked"]
+    # PostgreSQL locks a row of the order; SQLite's write lock needs none.
+    expected_rows = ["ord-lock"] if backend == "postgresql" else []
     with store.session() as session:
-        assert session.scalars(select(db.OrderLock.order_id)).all() == ["ord-lock"]
+        assert session.scalars(select(db.OrderLock.order_id)).all() == expected_rows
+    store.dispose()
+
+
+def test_an_order_lock_needs_a_writing_session(database_url: str) -> None:
+    store = db.Store(database_url)
+    db.upgrade(store.engine)
+    with store.read_session() as session, pytest.raises(RuntimeError, match="writing session"):
+        db.lock_order(session, "ord-read")
     store.dispose()
