@@ -47,7 +47,7 @@ from bridge.errors import (
 from bridge.jobs import outbox
 from bridge.ledger import ledger
 from bridge.refunds import approval, submission
-from bridge.refunds.schemas import Identifier, RefundRequest, RefundRequestSchema
+from bridge.refunds.schemas import Identifier, RefundRequest, refund_request_schema
 from bridge.refunds.submission import REQUEST_OWNER_PREFIX, enqueue_submission
 from bridge.store.db import lock_order
 from bridge.store.models import (
@@ -232,7 +232,8 @@ def parse_request(payload: Any, settings: Settings) -> RefundRequest:
             {"_schema": ["The body must be a JSON object."]}, "The body must be a JSON object."
         )
     try:
-        request: RefundRequest = RefundRequestSchema(reasons=settings.refund_reasons).load(payload)
+        schema = refund_request_schema(settings.refund_reasons)
+        request: RefundRequest = schema.load(payload)
     except ValidationError as exc:
         errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         raise ValidationProblem(_string_keys(errors)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from marshmallow import (
@@ -148,6 +149,14 @@ class RefundRequestSchema(Schema):
             requested_by_user=data.get("requested_by_user"),
             reason_comments=data.get("reason_comments"),
         )
+
+
+@lru_cache(maxsize=8)
+def refund_request_schema(reasons: tuple[str, ...]) -> RefundRequestSchema:
+    """The schema for these reasons, made once: making a schema copies its fields, which was
+    a good part of a request's validation (docs/performance.md). A schema keeps no state
+    between loads (marshmallow 4 has no context), so threads share it."""
+    return RefundRequestSchema(reasons=reasons)
 
 
 class DecisionSchema(Schema):
