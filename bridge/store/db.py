@@ -9,6 +9,7 @@ row lock per order instead (`lock_order`).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -38,6 +39,13 @@ READ_ONLY = "bridge_read_only"
 _HOLDS_WRITE_LOCK = "bridge_holds_write_lock"
 # A PostgreSQL connection idle for longer is checked before use (`_ping_when_idle`).
 PING_AFTER_IDLE_SECONDS = 10.0
+# SQLite's WAL is checkpointed by the store, at this pace, outside the write lock
+# (`_Checkpointer`). SQLite's automatic checkpoint, which runs inside a committing writer,
+# stays as a backstop (in pages) far above what the paced checkpoints let the WAL reach.
+SQLITE_CHECKPOINT_INTERVAL_SECONDS = 0.5
+SQLITE_AUTOCHECKPOINT_PAGES = 10_000
+
+log = logging.getLogger(__name__)
 
 
 class StoreNotMigrated(Exception):
@@ -60,14 +68,25 @@ def database_url(configured: str | None) -> str:
     return configured or default_database_url(instance_path())
 
 
-def make_engine(url: str, *, write_lock: _WriteLock | None = None, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    write_lock: _WriteLock | None = None,
+    checkpointer: _Checkpointer | None = None,
+    **kwargs: Any,
+) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             **kwargs,
         )
-        _configure_sqlite(engine, write_lock or _sqlite_write_lock(engine.url.database))
+        database = engine.url.database
+        _configure_sqlite(
+            engine,
+            write_lock or _sqlite_write_lock(database),
+            checkpointer or _sqlite_checkpointer(database),
+        )
         return engine
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
@@ -108,16 +127,24 @@ def _sqlite_settings(dbapi_connection: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
     cursor.close()
+
+
+def _on_disk(database: str | None) -> bool:
+    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
 
 
 def _sqlite_write_lock(database: str | None) -> _WriteLock:
     """The write lock of an SQLite database (see `_WriteLock`), its file next to the database."""
-    on_disk = bool(database) and database != ":memory:" and not str(database).startswith("file:")
-    return _WriteLock(f"{database}.write.lock" if on_disk else None)
+    return _WriteLock(f"{database}.write.lock" if _on_disk(database) else None)
 
 
-def _configure_sqlite(engine: Engine, write_lock: _WriteLock) -> None:
+def _sqlite_checkpointer(database: str | None) -> _Checkpointer:
+    return _Checkpointer(database if _on_disk(database) else None)
+
+
+def _configure_sqlite(engine: Engine, write_lock: _WriteLock, checkpointer: _Checkpointer) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         _sqlite_settings(dbapi_connection)
@@ -127,9 +154,11 @@ def _configure_sqlite(engine: Engine, write_lock: _WriteLock) -> None:
     # every answer under load: docs/performance.md). Held from BEGIN IMMEDIATE until the
     # connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
 
-    def release(info: dict[str, Any]) -> None:
+    def release(info: dict[str, Any]) -> bool:
         if info.pop(_HOLDS_WRITE_LOCK, False):
             write_lock.release()
+            return True
+        return False
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -148,7 +177,8 @@ def _configure_sqlite(engine: Engine, write_lock: _WriteLock) -> None:
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
-        release(record.info)
+        if release(record.info):
+            checkpointer.after_write()
 
     @event.listens_for(engine, "invalidate")
     def _on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
@@ -194,6 +224,49 @@ class _WriteLock:
             with suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._threads.release()
+
+
+class _Checkpointer:
+    """Paced WAL checkpoints of an SQLite database, each run by a thread that just wrote, after
+    its write lock is released. A checkpoint copies the WAL into the database and waits for the
+    disk; SQLite's automatic one does that inside a COMMIT, holding every writer up meanwhile
+    (docs/performance.md). PASSIVE: it neither waits for nor blocks readers and writers. One
+    at a time per process, on a connection of its own, opened anew in each process."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._interval = SQLITE_CHECKPOINT_INTERVAL_SECONDS
+        self._lock = threading.Lock()
+        self._due = 0.0
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def after_write(self) -> None:
+        """Checkpoint when one is due, unless another thread is at it."""
+        if self._path is None or time.monotonic() < self._due:
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._due = time.monotonic() + self._interval
+            self._open().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            # The automatic checkpoint (SQLITE_AUTOCHECKPOINT_PAGES) still bounds the WAL.
+            log.warning("the store's WAL checkpoint failed: %s", exc)
+        finally:
+            self._lock.release()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._connection is None or self._pid != os.getpid():
+            connection = sqlite3.connect(self._path or "", check_same_thread=False)
+            _sqlite_settings(connection)
+            self._connection, self._pid = connection, os.getpid()
+        return self._connection
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and self._pid == os.getpid():
+            connection.close()
 
 
 def lock_order(session: Session, order_id: str) -> None:
@@ -264,10 +337,10 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-        self._write_lock = (
-            _sqlite_write_lock(make_url(url).database) if self.dialect == "sqlite" else None
-        )
-        self.engine = make_engine(url, write_lock=self._write_lock)
+        database = make_url(url).database
+        self._write_lock = _sqlite_write_lock(database) if self.dialect == "sqlite" else None
+        self._checkpointer = _sqlite_checkpointer(database) if self.dialect == "sqlite" else None
+        self.engine = make_engine(url, write_lock=self._write_lock, checkpointer=self._checkpointer)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.read_sessionmaker = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
@@ -320,9 +393,18 @@ class Store:
         finally:
             self._write_lock.release()
 
+    def after_write(self) -> None:
+        """What a thread that wrote with `driver_write` does once its answer is settled: the
+        SQLite store's paced WAL checkpoint when one is due (writes through sessions do it when
+        their connection goes back to the pool); nothing on PostgreSQL."""
+        if self._checkpointer is not None:
+            self._checkpointer.after_write()
+
     def dispose(self) -> None:
         self.writers.clear()
         self._driver.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.engine.dispose()
 
 

@@ -56,8 +56,12 @@ class GroupWriter(Generic[T, R]):
         *,
         max_group: int = 64,
         name: str = "group-writer",
+        after: Callable[[], None] | None = None,
     ) -> None:
         self._write = write
+        # Run by a leader once its group has its outcomes and the lead is handed on: work
+        # that only the leader's own caller waits for (the store's WAL checkpoint).
+        self._after = after
         self._max_group = max_group
         self._name = name
         self._mutex = threading.Lock()
@@ -114,6 +118,11 @@ class GroupWriter(Generic[T, R]):
                     successor.state = _LEADING
             if successor is not None:
                 successor.done.release()
+        if self._after is not None:
+            try:
+                self._after()
+            except Exception:  # its own caller's write is done: never failed by this
+                log.exception("%s: the work after a group failed", self._name)
 
     def _write_group(self, group: list[_Pending[T, R]]) -> None:
         try:

@@ -174,6 +174,7 @@ def _writer(store: Store) -> GroupWriter[Delivery, Recorded]:
                     lambda group: write_deliveries(store, group),
                     max_group=MAX_GROUP,
                     name="inbox-writer",
+                    after=store.after_write,
                 )
                 store.writers[_WRITER_KEY] = writer
     return cast("GroupWriter[Delivery, Recorded]", writer)

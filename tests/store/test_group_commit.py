@@ -164,3 +164,36 @@ def test_many_callers_at_once_each_get_their_own_outcome_exactly_once() -> None:
     written = [item for group in write.groups for item in group]
     assert sorted(written) == sorted(results)  # each written once
     assert writer.queued() == 0
+
+
+def test_the_work_after_a_group_waits_only_for_its_leader() -> None:
+    # "second" leads the group ["second", "third"]: "third" has its outcome while "second"
+    # still runs `after` (the store's WAL checkpoint), so only the leader's own caller waits
+    # for it; and a failure there fails nobody.
+    results: dict[str, object] = {}
+    after_threads: list[str] = []
+    follower_answered_first: list[bool] = []
+
+    def after() -> None:
+        after_threads.append(threading.current_thread().name)
+        if threading.current_thread().name == "caller-second":
+            deadline = time.monotonic() + 2.0
+            while "third" not in results and time.monotonic() < deadline:
+                time.sleep(0.005)
+            follower_answered_first.append("third" in results)
+            raise RuntimeError("the checkpoint failed")
+
+    write = Recorder()
+    writer: GroupWriter[str, object] = GroupWriter(write, after=after)
+    write.hold()
+    first = submit_in_thread(writer, "first", results)
+    assert write.writing.wait(WAIT)
+    queued = [submit_in_thread(writer, item, results) for item in ("second", "third")]
+    wait_queued(writer, 2)
+    write.release()
+    for thread in [first, *queued]:
+        thread.join(WAIT)
+    assert write.groups == [["first"], ["second", "third"]]
+    assert results == {"first": "wrote first", "second": "wrote second", "third": "wrote third"}
+    assert sorted(after_threads) == ["caller-first", "caller-second"]
+    assert follower_answered_first == [True]

@@ -1,10 +1,13 @@
-"""The bridge's own store: migrations on SQLite and PostgreSQL, a ledger round trip, order locks."""
+"""The bridge's own store: migrations on SQLite and PostgreSQL, a ledger round trip, order locks,
+SQLite's WAL checkpoints."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -114,4 +117,44 @@ def test_an_order_lock_needs_a_writing_session(database_url: str) -> None:
     db.upgrade(store.engine)
     with store.read_session() as session, pytest.raises(RuntimeError, match="writing session"):
         db.lock_order(session, "ord-read")
+    store.dispose()
+
+
+def test_sqlite_commits_leave_the_checkpoint_to_the_store(database_url: str) -> None:
+    store = db.Store(database_url)
+    with store.engine.connect() as connection:
+        pages = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    assert pages == db.SQLITE_AUTOCHECKPOINT_PAGES
+    store.dispose()
+
+
+def _checkpointed_store(tmp_path: Path) -> tuple[db.Store, Path]:
+    """A migrated SQLite store whose WAL is all in the database file (nothing to checkpoint)."""
+    path = tmp_path / "checkpoints.sqlite3"
+    store = db.Store(f"sqlite:///{path}")
+    db.upgrade(store.engine)
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return store, path
+
+
+@pytest.mark.parametrize(("interval", "checkpointed"), [(0.0, True), (3600.0, False)])
+def test_a_write_is_checkpointed_after_its_commit_at_the_stores_pace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float, checkpointed: bool
+) -> None:
+    # In WAL mode only a checkpoint writes to the database file itself.
+    monkeypatch.setattr(db, "SQLITE_CHECKPOINT_INTERVAL_SECONDS", interval)
+    store, path = _checkpointed_store(tmp_path)
+    before = path.read_bytes()
+    with store.session() as session:
+        session.add(db.OrderLock(order_id="ord-checkpoint"))
+    assert (path.read_bytes() != before) is checkpointed
+    before = path.read_bytes()
+    with store.driver_write() as connection:
+        connection.execute(
+            "INSERT INTO order_locks (order_id, created_at) VALUES ('ord-driver', '2026-12-03')"
+        )
+    assert path.read_bytes() == before  # the driver's write: when its caller says so
+    store.after_write()
+    assert (path.read_bytes() != before) is checkpointed
     store.dispose()

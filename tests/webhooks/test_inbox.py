@@ -3,9 +3,11 @@ nowhere, which also proves the webhook's answer never waits for it)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from sqlalchemy import update
 from bridge import create_app
 from bridge.jobs import outbox
 from bridge.services import Services
+from bridge.store import db
 from bridge.store.models import InboxEvent, InboxState, OutboxJob, OutboxState, Refund, utcnow
 from bridge.webhooks import inbox
 from bridge.webhooks.schemas import parse_event
@@ -179,6 +182,33 @@ def test_a_crash_after_recording_loses_nothing(services: Services) -> None:
     assert drain_inbox(services) == 1
     assert load_refund(services, refund_id).status == "REFUNDED"
     assert the_event(services).state == InboxState.APPLIED
+
+
+def test_a_recorded_delivery_is_checkpointed_by_the_thread_that_recorded_it(
+    settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The inbox's group writer runs the store's paced WAL checkpoint after the group (only a
+    # checkpoint writes to the SQLite file itself in WAL mode; docs/performance.md).
+    monkeypatch.setattr(db, "SQLITE_CHECKPOINT_INTERVAL_SECONDS", 0.0)
+    path = tmp_path / "checkpointed.sqlite3"
+    app = create_app(
+        {"BRIDGE_SETTINGS": settings, "DATABASE_URL": f"sqlite:///{path}", "AUTO_MIGRATE": True}
+    )
+    services: Services = app.extensions["bridge.services"]
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = path.read_bytes()
+    body = event_body(new_ridendine_id(), an_order()["id"], 5000)
+    recorded = inbox.record(
+        services,
+        webhook_id="msg_checkpointed",
+        payload=parse_event(body),
+        raw_body=body,
+        headers={},
+    )
+    assert not recorded.duplicate
+    assert path.read_bytes() != before
+    services.store.dispose()
 
 
 def test_a_group_of_deliveries_is_recorded_in_one_transaction_with_duplicates_told(
