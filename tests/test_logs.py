@@ -140,6 +140,9 @@ def test_a_full_flow_logs_json_lines_with_request_ids(
         odd = client.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
         fresh_id = odd.headers["X-Request-Id"]
         assert fresh_id != "bad id with spaces" and len(fresh_id) == 32
+        assert int(fresh_id, 16) >= 0  # 32 hex digits
+        again = client.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
+        assert again.headers["X-Request-Id"] != fresh_id  # a new one for each request
 
     lines = capture.lines()
     assert len(lines) >= 5
