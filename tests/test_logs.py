@@ -156,6 +156,7 @@ def test_a_full_flow_logs_json_lines_with_request_ids(
         ("POST", "/ridendine/refunds", 202, "req-refund-1"),
         ("POST", "/ridendine/webhooks/refund-status", 200, "req-webhook-1"),
         ("GET", "/healthz", 200, fresh_id),
+        ("GET", "/healthz", 200, again.headers["X-Request-Id"]),
     ]
     assert all(isinstance(e["duration_ms"], int | float) for e in access)
     # The refund request's lines name the refund and the order once they are known.
