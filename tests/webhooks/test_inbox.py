@@ -61,6 +61,13 @@ def the_event(services: Services, event_id: int = 1) -> InboxEvent:
         return event
 
 
+def record(services: Services, webhook_id: str, body: bytes) -> inbox.Recorded:
+    """A delivery recorded as the webhook's view records it (verified and parsed)."""
+    return inbox.record(
+        services, webhook_id=webhook_id, payload=parse_event(body), raw_body=body, headers={}
+    )
+
+
 def test_without_a_known_id_the_oldest_pending_refund_of_that_amount_matches(
     app: Flask, services: Services
 ) -> None:
@@ -166,13 +173,7 @@ def test_a_crash_after_recording_loses_nothing(services: Services) -> None:
     ridendine_id = new_ridendine_id()
     refund_id = make_pending_refund(services, order, ridendine_refund_id=ridendine_id)
     body = event_body(ridendine_id, order["id"], 5000)
-    recorded = inbox.record(
-        services,
-        webhook_id="msg_crash",
-        payload=parse_event(body),
-        raw_body=body,
-        headers={},
-    )
+    recorded = record(services, "msg_crash", body)
     assert not recorded.duplicate and recorded.job_id is not None
     # The web process dies right after the commit: the event and its job are in the store,
     # nothing applied yet; the worker applies it.
@@ -199,13 +200,7 @@ def test_a_recorded_delivery_is_checkpointed_by_the_thread_that_recorded_it(
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = path.read_bytes()
     body = event_body(new_ridendine_id(), an_order()["id"], 5000)
-    recorded = inbox.record(
-        services,
-        webhook_id="msg_checkpointed",
-        payload=parse_event(body),
-        raw_body=body,
-        headers={},
-    )
+    recorded = record(services, "msg_checkpointed", body)
     assert not recorded.duplicate
     assert path.read_bytes() != before
     services.store.dispose()
@@ -260,13 +255,7 @@ def test_processing_that_keeps_failing_ends_failed_and_alerts(
 ) -> None:
     order = an_order()
     body = event_body(new_ridendine_id(), order["id"], 5000)
-    recorded = inbox.record(
-        services,
-        webhook_id="msg_dead",
-        payload=parse_event(body),
-        raw_body=body,
-        headers={},
-    )
+    recorded = record(services, "msg_dead", body)
     assert outbox.claim(services, owner="me", kinds=("process_event",)) == [recorded.job_id]
 
     def broken(*_args: Any) -> None:
