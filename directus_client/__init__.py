@@ -1,6 +1,6 @@
 """A reusable client for the Directus REST API (no Flask, nothing of the bridge)."""
 
-from directus_client.client import DirectusClient, prepare_request, read_environment_once
+from directus_client.client import DirectusClient, read_environment_once, send_request
 from directus_client.errors import (
     DirectusError,
     DirectusTimeoutError,
@@ -34,6 +34,6 @@ __all__ = [
     "RateLimitedError",
     "RecordNotUniqueError",
     "UriTooLongError",
-    "prepare_request",
     "read_environment_once",
+    "send_request",
 ]

@@ -119,18 +119,21 @@ def read_environment_once(session: requests.Session, base_url: str) -> None:
     session.trust_env = False
 
 
-def prepare_request(
+def send_request(
     session: requests.Session,
     method: str,
     url: str,
     headers: Mapping[str, str],
     json_body: Any = None,
-) -> requests.PreparedRequest:
-    """A request for `session.send`, prepared without `Session.prepare_request`: the URL as
-    given (already encoded: no parsing again), the session's headers and `headers` (checked),
-    its hooks, the JSON body. `Session.prepare_request` merged the session's cookies, auth
-    and params and parsed the URL again on every call: a third of a call's CPU, for settings
-    these clients never use (docs/performance.md)."""
+    *,
+    timeout: float | tuple[float, float],
+) -> requests.Response:
+    """Send one request through `session.send` (so that what wraps or mocks it sees every
+    call), never following a redirect, prepared here rather than by `Session.prepare_request`:
+    the URL as given (already encoded: no parsing again), the session's headers and `headers`
+    (checked), its hooks, the JSON body. `Session.prepare_request` merged the session's
+    cookies, auth and params and parsed the URL again on every call: a third of a call's CPU,
+    for settings these clients never use (docs/performance.md)."""
     prepared = requests.PreparedRequest()
     prepared.method = method
     prepared.url = url
@@ -140,7 +143,13 @@ def prepare_request(
     prepared.prepare_cookies(session.cookies)  # empty; requests' redirect check reads it
     prepared.prepare_body(None, None, json_body)
     prepared.prepare_hooks(session.hooks)
-    return prepared
+    return session.send(
+        prepared,
+        timeout=timeout,
+        allow_redirects=False,
+        proxies=session.proxies,
+        verify=session.verify,
+    )
 
 
 class DirectusClient:
@@ -248,15 +257,10 @@ class DirectusClient:
     ) -> requests.Response:
         """`Session.request`, except that the path is sent exactly as we encoded it (requests
         would decode `%2E` back to `.`, turning an id `..` into a dot segment that a proxy in
-        front of Directus might resolve), and prepared by `prepare_request`."""
+        front of Directus might resolve), and prepared by `send_request`."""
         full_url = f"{url}?{urlencode(params)}" if params else url
-        prepared = prepare_request(self.session, method, full_url, headers, json_body)
-        return self.session.send(
-            prepared,
-            timeout=self.timeout,
-            allow_redirects=False,
-            proxies=self.session.proxies,
-            verify=self.session.verify,
+        return send_request(
+            self.session, method, full_url, headers, json_body, timeout=self.timeout
         )
 
     @staticmethod

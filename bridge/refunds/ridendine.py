@@ -25,7 +25,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from directus_client import prepare_request, read_environment_once
+from directus_client import read_environment_once, send_request
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,7 @@ class RideNDineClient:
             "Idempotency-Key": idempotency_key,
         }
         try:
-            response = self.session.send(
-                prepare_request(self.session, "POST", url, headers, body),
-                timeout=self.timeout,
-                allow_redirects=False,
-                proxies=self.session.proxies,
-                verify=self.session.verify,
-            )
+            response = send_request(self.session, "POST", url, headers, body, timeout=self.timeout)
         except requests.Timeout as exc:
             raise RideNDineTimeoutError(
                 f"RideNDine did not answer in time ({type(exc).__name__})", method="POST", url=url

@@ -1,6 +1,6 @@
 """Both outbound clients take the environment's proxy settings once, when they are made
 (`directus_client.read_environment_once`), and prepare their requests without requests'
-per-call merging (`directus_client.prepare_request`): both were a good part of a call's CPU
+per-call merging (`directus_client.send_request`): both were a good part of a call's CPU
 (docs/performance.md). What the environment says must still hold: HTTP_PROXY is used, NO_PROXY
 is honoured, ~/.netrc never replaces our token; and the requests sent are the same."""
 
