@@ -29,11 +29,11 @@ from typing import Any
 
 from bench import report
 from bench.floor import Floor
-from bench.scenarios import Bench
+from bench.scenarios import CHAIN_BURN_MS, Bench
 from bench.stack import WEB_THREADS, WEB_WORKERS, BenchStack, start_stack
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("floor", "ingest", "baseline", "requests", "backlog", "growth")
+SCENARIOS = ("floor", "ingest", "baseline", "requests", "chain", "backlog", "growth")
 # Scenarios that need Directus and the bench stack (the floor runs servers of its own).
 STACK_SCENARIOS = SCENARIOS[1:]
 
@@ -51,6 +51,7 @@ class Options:
     floor_warmup_seconds: float = 3.0
     floor_postgres: bool = True
     profile_dir: Path | None = None
+    chain_burn_ms: float | None = None  # None: scenario 3's CPU per refund, else CHAIN_BURN_MS
 
     @classmethod
     def quick_run(cls) -> Options:
@@ -131,12 +132,19 @@ def run(
             say=say,
         ).run()
 
+    def chain_burn_ms() -> float:
+        if options.chain_burn_ms is not None:
+            return options.chain_burn_ms
+        measured = (results.get("requests") or {}).get("cpu_ms_per_request", {}).get("bridge_web")
+        return float(measured) if measured else CHAIN_BURN_MS
+
     try:
         steps = (
             ("floor", floor),
             ("ingest", lambda: bench.webhook_ingest(options.n)),
             ("baseline", lambda: bench.baseline(options.n)),
             ("requests", lambda: bench.refund_requests(options.n)),
+            ("chain", lambda: bench.refund_chain(options.n, chain_burn_ms())),
             ("backlog", lambda: bench.backlog(options.backlog, options.raw)),
             ("growth", lambda: bench.growth(options.growth, on_step=save_growth)),
         )
@@ -184,6 +192,11 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
     parser.add_argument(
         "--profile", type=Path, help="floor scenario: py-spy profiles of the web workers here"
     )
+    parser.add_argument(
+        "--chain-burn-ms",
+        type=float,
+        help="chain scenario: CPU burnt per refund (default: the requests scenario's bridge CPU)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -204,6 +217,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
         floor_warmup_seconds=base.floor_warmup_seconds,
         floor_postgres=not args.no_floor_postgres,
         profile_dir=args.profile,
+        chain_burn_ms=args.chain_burn_ms,
     )
     return options, args
 

@@ -204,6 +204,23 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
                 " / ".join(f"{name} {value}" for name, value in cpu.items() if value),
             )
             row(f"Directus busy share, {label}", run_.get("directus_busy"))
+    chain = results.get("chain")
+    if chain:
+        lines.append(
+            f"3b. the refund chain without the bridge: N={chain['n']} a run, concurrency "
+            f"{chain['concurrency']}, {chain['rounds']} rounds alternating with the direct work"
+        )
+        for run_ in chain["runs"].values():
+            burnt = f"{run_['burn_ms_per_refund']:g} ms of CPU burnt per refund"
+            row(f"chain / direct, {burnt}", run_["ratio_to_baseline"])
+            row(
+                "  per second, chain / direct",
+                f"{run_['per_second']} / {run_['direct_per_second']}",
+            )
+            row(
+                "  Directus busy share, chain / direct",
+                f"{run_['directus_busy']} / {run_['direct_directus_busy']}",
+            )
     backlog = results.get("backlog")
     if backlog:
         lines.append(f"4. backlog: N={backlog['n']} accepted while Directus was stopped")

@@ -10,10 +10,13 @@ path would have left them), each batch with ids of its own.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -27,6 +30,7 @@ from bench import load
 from bench.counting import BridgeMetrics, DirectusLog
 from bench.stack import API_TOKEN, BRIDGE_USER_AGENT, BenchStack
 from bridge.directus.projection import refund_item
+from bridge.refunds.ridendine import RideNDineClient
 from bridge.store.db import Store
 from bridge.store.models import Refund, RefundSource, RefundStatus, RefundStatusChange, utcnow
 
@@ -61,6 +65,22 @@ class Batch:
 
 # Scenario 3 alternates its two sides in this many rounds (each side gets N / rounds per round).
 REQUEST_ROUNDS = 4
+# Scenario 3b burns its stand-in for the bridge's CPU in this many processes (the bridge's two
+# web workers), in these parts of each refund: before the order read, between it and
+# RideNDine's create, after the item create.
+CHAIN_BURNERS = 2
+CHAIN_BURN_PARTS = (0.3, 0.3, 0.4)
+CHAIN_BURN_MS = 10.5  # when scenario 3 did not run first: its CPU per refund (2026-12-04)
+
+
+def burn_cpu(seconds: float) -> float:
+    """Spend `seconds` of this process's CPU (scenario 3b's stand-in for the bridge's work);
+    returns the CPU seconds spent."""
+    start = time.thread_time()
+    end = start + seconds
+    while time.thread_time() < end:
+        sum(range(200))
+    return time.thread_time() - start
 
 
 @dataclass
@@ -88,6 +108,38 @@ class _Side:
             },
             "directus_busy": round(self.cpu.get("directus", 0.0) / seconds, 3) if seconds else None,
         }
+
+
+@dataclass
+class _Chain:
+    """What scenario 3b adds to the direct work: RideNDine's create, and CPU burnt elsewhere."""
+
+    ridendine: RideNDineClient
+    burners: ProcessPoolExecutor | None
+    burn_seconds: float
+    run_id: str
+    burnt_seconds: float = 0.0
+    ridendine_calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def burn(self, part: int) -> None:
+        if self.burners is not None:
+            task = self.burners.submit(burn_cpu, self.burn_seconds * CHAIN_BURN_PARTS[part])
+            burnt = task.result()
+            with self.lock:
+                self.burnt_seconds += burnt
+
+    def ask_ridendine(self, order_id: str) -> None:
+        with self.lock:
+            self.ridendine_calls += 1
+        self.ridendine.create_refund(
+            idempotency_key=f"chain-{self.run_id}-{uuid.uuid4().hex[:12]}",
+            ridendine_order_id=f"rdn-{order_id}",
+            external_order_id=order_id,
+            amount_cents=AMOUNT_CENTS,
+            reason="chef_rejected",
+            requested_by="admin",
+        )
 
 
 class Bench:
@@ -561,9 +613,61 @@ class Bench:
             "error_count": sum(errors.values()),
         }
 
-    def _direct_work(self, order_ids: Sequence[str]) -> load.LoadResult:
+    def refund_chain(self, n: int, burn_ms: float) -> dict[str, Any]:
+        """Scenario 3b (a diagnostic, no target): a refund request's unavoidable chain without
+        the bridge, driven by the load generator itself (the order read, RideNDine's create on
+        the sandbox through `RideNDineClient`, the item create), against the direct work in
+        alternating rounds; first as it is, then with `burn_ms` of CPU per refund burnt in two
+        other processes while the chain waits, as the bridge's two web workers spend theirs.
+        What the bridge's CPU alone costs the ratio on this machine (docs/performance.md)."""
+        _prefix, order_ids = self.orders("chain", 2 * n)
+        settings = self.stack.settings
+        ridendine = RideNDineClient(settings.ridendine_api_url, settings.ridendine_api_key)
+        runs: dict[str, Any] = {}
+        spawn = multiprocessing.get_context("spawn")  # the load's threads are not forked
+        with ProcessPoolExecutor(CHAIN_BURNERS, mp_context=spawn) as burners:
+            for burner in [burners.submit(burn_cpu, 0.0) for _ in range(CHAIN_BURNERS)]:
+                burner.result()  # started before anything is measured
+            for index, burn in enumerate((0.0, burn_ms)):
+                chain = _Chain(ridendine, burners if burn else None, burn / 1000, self.run_id)
+                chained, direct = _Side(), _Side()
+                part_ids = order_ids[index * n : (index + 1) * n]
+                for round_, part in enumerate(load.split(part_ids, REQUEST_ROUNDS)):
+                    sides = ("chain", "direct") if round_ % 2 == 0 else ("direct", "chain")
+                    for side in sides:
+                        if side == "chain":
+                            chained.measure(self.stack, partial(self._direct_work, part, chain))
+                        else:
+                            direct.measure(self.stack, partial(self._direct_work, part))
+                runs[f"{burn:g}"] = {
+                    "burn_ms_per_refund": burn,
+                    "per_second": round(chained.result.rate(), 1),
+                    "direct_per_second": round(direct.result.rate(), 1),
+                    "ratio_to_baseline": round(chained.result.seconds / direct.result.seconds, 3)
+                    if direct.result.seconds
+                    else None,
+                    "burnt_ms_per_refund": round(1000 * chain.burnt_seconds / len(part_ids), 2),
+                    "ridendine_calls": chain.ridendine_calls,
+                    "directus_busy": chained.cpu_report()["directus_busy"],
+                    "direct_directus_busy": direct.cpu_report()["directus_busy"],
+                    "errors": len(chained.result.errors) + len(direct.result.errors),
+                    "first_errors": (chained.result.errors + direct.result.errors)[:5],
+                }
+        ridendine.close()
+        return {
+            "n": n,
+            "concurrency": self.concurrency,
+            "rounds": REQUEST_ROUNDS,
+            "runs": runs,
+            "error_count": sum(run_["errors"] for run_ in runs.values()),
+        }
+
+    def _direct_work(
+        self, order_ids: Sequence[str], chain: _Chain | None = None
+    ) -> load.LoadResult:
         """The unavoidable Directus work of a refund request done directly: read the order,
-        create the refund's item."""
+        create the refund's item; with `chain`, RideNDine's create between the two, and the
+        chain's CPU burnt around them (scenario 3b)."""
         url = self.stack.directus.url
 
         def session() -> requests.Session:
@@ -577,6 +681,8 @@ class Bench:
             return client
 
         def request(client: requests.Session, order_id: str) -> int:
+            if chain is not None:
+                chain.burn(0)
             answer = client.get(
                 f"{url}/items/orders",
                 params={
@@ -589,6 +695,9 @@ class Bench:
             )
             if answer.status_code != 200 or not answer.json()["data"]:
                 return 599
+            if chain is not None:
+                chain.burn(1)
+                chain.ask_ridendine(order_id)
             now = utcnow().isoformat().replace("+00:00", "Z")
             answer = client.post(
                 f"{url}/items/refunds",
@@ -608,6 +717,8 @@ class Bench:
                 },
                 timeout=30,
             )
+            if chain is not None:
+                chain.burn(2)
             return int(answer.status_code)
 
         return load.run(order_ids, request, concurrency=self.concurrency, make_client=session)

@@ -39,7 +39,7 @@ def test_the_quick_benchmark_runs_every_scenario_without_errors(
         stack.stop()
     assert cooco_directus.is_running()
 
-    for name in ("ingest", "baseline", "requests", "backlog", "growth"):
+    for name in ("ingest", "baseline", "requests", "chain", "backlog", "growth"):
         assert results[name]["error_count"] == 0, (name, results[name]["errors"])
     # The floor: the floor app, then the bridge on SQLite and on PostgreSQL, each measured
     # by wrk with distinct deliveries, every accepted one recorded.
@@ -67,6 +67,16 @@ def test_the_quick_benchmark_runs_every_scenario_without_errors(
     assert direct["cpu_ms_per_request"]["directus"] > 0
     assert direct["cpu_ms_per_request"]["bridge_web"] < through["cpu_ms_per_request"]["bridge_web"]
     assert through["directus_busy"] > 0 and direct["directus_busy"] > 0
+    # The chain without the bridge: as it is, then with the CPU the bridge spent per refund in
+    # scenario 3 burnt beside it (each run's 16 refunds against 16 direct ones).
+    chain = results["chain"]
+    burnt = through["cpu_ms_per_request"]["bridge_web"]
+    assert [run_["burn_ms_per_refund"] for run_ in chain["runs"].values()] == [0.0, burnt]
+    for run_ in chain["runs"].values():
+        assert run_["ratio_to_baseline"] > 0 and run_["errors"] == 0
+        assert run_["ridendine_calls"] == 16  # RideNDine asked once per chained refund
+        assert run_["burnt_ms_per_refund"] >= 0.99 * run_["burn_ms_per_refund"]
+        assert run_["directus_busy"] > 0 and run_["direct_directus_busy"] > 0
     assert results["backlog"]["accepted"]["statuses"] == {"200": 24}
     assert results["backlog"]["drain_events_per_second"] > 0
     assert results["backlog"]["raw"]["events_per_second"] > 0
@@ -86,5 +96,7 @@ def test_the_quick_benchmark_runs_every_scenario_without_errors(
     assert "0. ingest against the floor" in table and "1. webhook ingest" in table
     assert "5. growth" in table and "PASS  errors" in table
     assert "Directus busy share, through the bridge" in table
+    assert "3b. the refund chain without the bridge" in table
+    assert f"chain / direct, {burnt:g} ms of CPU burnt per refund" in table
     path = write_results(results, tmp_path / "results")
     assert json.loads(path.read_text())["ingest"]["n"] == 16
