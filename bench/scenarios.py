@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -71,6 +72,19 @@ REQUEST_ROUNDS = 4
 CHAIN_BURNERS = 2
 CHAIN_BURN_PARTS = (0.3, 0.3, 0.4)
 CHAIN_BURN_MS = 10.5  # when scenario 3 did not run first: its CPU per refund (2026-12-04)
+
+
+def alternate_rounds(
+    order_ids: Sequence[str],
+    first: Callable[[Sequence[str]], None],
+    second: Callable[[Sequence[str]], None],
+) -> None:
+    """Scenario 3's (and 3b's) two sides on N / REQUEST_ROUNDS orders a round, in the order
+    first, second, second, first, ...: the machine's speed drifts over a run
+    (docs/performance.md), and this way a drift costs both sides alike."""
+    for index, part in enumerate(load.split(order_ids, REQUEST_ROUNDS)):
+        for side in (first, second) if index % 2 == 0 else (second, first):
+            side(part)
 
 
 def burn_cpu(seconds: float) -> float:
@@ -560,23 +574,21 @@ class Bench:
                 ok=lambda status: status == 202,
             )
 
-        # Rounds in the order bridge, direct, direct, bridge, ...: the machine's speed drifts
-        # over a run (docs/performance.md), and this way a drift costs both sides alike.
         bridge, direct = _Side(), _Side()
         background = 0.0
         states: dict[str, int] = {}
-        for index, part in enumerate(load.split(order_ids, REQUEST_ROUNDS)):
-            for side in ("bridge", "direct") if index % 2 == 0 else ("direct", "bridge"):
-                if side == "direct":
-                    direct.measure(self.stack, partial(self._direct_work, part))
-                    continue
-                bridge.measure(self.stack, partial(through_bridge, part))
-                # What the requests left for the worker (nothing, when every request projected
-                # its refund): done before the next round, timed on its own.
-                seconds, states = self.wait_outbox_idle(
-                    time.perf_counter(), self.wait_timeout(len(part))
-                )
-                background += seconds
+
+        def bridge_round(part: Sequence[str]) -> None:
+            nonlocal background, states
+            bridge.measure(self.stack, partial(through_bridge, part))
+            # What the requests left for the worker (nothing, when every request projected
+            # its refund): done before the next round, timed on its own.
+            seconds, states = self.wait_outbox_idle(
+                time.perf_counter(), self.wait_timeout(len(part))
+            )
+            background += seconds
+
+        alternate_rounds(order_ids, bridge_round, partial(self._measure_direct, direct))
         answers = bridge.result
         counted = self.directus_requests(mark, n)
         baseline = {
@@ -625,20 +637,18 @@ class Bench:
         ridendine = RideNDineClient(settings.ridendine_api_url, settings.ridendine_api_key)
         runs: dict[str, Any] = {}
         spawn = multiprocessing.get_context("spawn")  # the load's threads are not forked
-        with ProcessPoolExecutor(CHAIN_BURNERS, mp_context=spawn) as burners:
+        with closing(ridendine), ProcessPoolExecutor(CHAIN_BURNERS, mp_context=spawn) as burners:
             for burner in [burners.submit(burn_cpu, 0.0) for _ in range(CHAIN_BURNERS)]:
                 burner.result()  # started before anything is measured
             for index, burn in enumerate((0.0, burn_ms)):
                 chain = _Chain(ridendine, burners if burn else None, burn / 1000, self.run_id)
                 chained, direct = _Side(), _Side()
                 part_ids = order_ids[index * n : (index + 1) * n]
-                for round_, part in enumerate(load.split(part_ids, REQUEST_ROUNDS)):
-                    sides = ("chain", "direct") if round_ % 2 == 0 else ("direct", "chain")
-                    for side in sides:
-                        if side == "chain":
-                            chained.measure(self.stack, partial(self._direct_work, part, chain))
-                        else:
-                            direct.measure(self.stack, partial(self._direct_work, part))
+                alternate_rounds(
+                    part_ids,
+                    partial(self._measure_direct, chained, chain=chain),
+                    partial(self._measure_direct, direct),
+                )
                 runs[f"{burn:g}"] = {
                     "burn_ms_per_refund": burn,
                     "per_second": round(chained.result.rate(), 1),
@@ -653,7 +663,6 @@ class Bench:
                     "errors": len(chained.result.errors) + len(direct.result.errors),
                     "first_errors": (chained.result.errors + direct.result.errors)[:5],
                 }
-        ridendine.close()
         return {
             "n": n,
             "concurrency": self.concurrency,
@@ -661,6 +670,11 @@ class Bench:
             "runs": runs,
             "error_count": sum(run_["errors"] for run_ in runs.values()),
         }
+
+    def _measure_direct(
+        self, side: _Side, part: Sequence[str], chain: _Chain | None = None
+    ) -> None:
+        side.measure(self.stack, partial(self._direct_work, part, chain))
 
     def _direct_work(
         self, order_ids: Sequence[str], chain: _Chain | None = None
