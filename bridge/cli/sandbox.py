@@ -7,10 +7,8 @@ the command line, where other users of the machine could read them.
 
 from __future__ import annotations
 
-import signal
 import socket
-import threading
-from types import FrameType
+from typing import Any
 
 import click
 
@@ -60,8 +58,7 @@ def sandbox(
     host: str, port: int, bridge_webhook_url: str | None, scenario: str, delay: float
 ) -> None:
     """Run the RideNDine sandbox: POST /refunds/create, signed result webhooks, /_sandbox/."""
-    from werkzeug.serving import make_server
-
+    from bridge.web.gunicorn_app import Server
     from ridendine_sandbox import SandboxConfigError, config_from_env, create_app, get_sandbox
 
     try:
@@ -71,38 +68,47 @@ def sandbox(
     except SandboxConfigError as exc:
         raise CommandFailed(f"configuration: {exc}") from None
     _check_can_listen(host, port)
-    app = create_app(config)
-    server = make_server(host, port, app, threaded=True)
-
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    # serve_forever runs in a thread: shutdown() must come from another thread than it.
-    serving = threading.Thread(target=server.serve_forever, name="sandbox-http", daemon=True)
-    serving.start()
     target = bridge_webhook_url or "nowhere yet"
-    click.echo(
-        f"RideNDine sandbox listening on http://{host}:{server.port} "
-        f"(scenario {scenario}, delay {delay:g}s, webhooks to {target})",
-        err=True,
-    )
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.shutdown()
-        serving.join(10)
-        server.server_close()
-        get_sandbox(app).close()
+
+    def when_ready(server: Any) -> None:
+        bound = server.LISTENERS[0].sock.getsockname()[1]  # the port chosen for --port 0
+        click.echo(
+            f"RideNDine sandbox listening on http://{host}:{bound} "
+            f"(scenario {scenario}, delay {delay:g}s, webhooks to {target})",
+            err=True,
+        )
+
+    def worker_exit(_server: Any, worker: Any) -> None:
+        get_sandbox(worker.wsgi).close()  # its delivery threads
+
+    def on_exit(_server: Any) -> None:
         click.echo("RideNDine sandbox stopped", err=True)
+
+    # gunicorn, not werkzeug's server: a partner keeps connections open, and werkzeug's closes
+    # every one (a new TCP connection per refund costs the bridge about 2 ms of CPU:
+    # docs/performance.md, the ninth pass). One process: the sandbox keeps its state in memory.
+    Server(
+        {
+            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": 16,
+            "keepalive": 5,
+            "timeout": 30,
+            "graceful_timeout": 5,
+            "loglevel": "warning",
+            "accesslog": None,
+            "proc_name": "ridendine-sandbox",
+            "when_ready": when_ready,
+            "worker_exit": worker_exit,
+            "on_exit": on_exit,
+        },
+        lambda: create_app(config),
+    ).run()
 
 
 def _check_can_listen(host: str, port: int) -> None:
-    """Fail with one line (werkzeug's make_server would print its own text and exit)."""
+    """Fail with one line (gunicorn would retry for seconds and print its own text)."""
     try:
         with socket.create_server((host, port), reuse_port=False):
             pass

@@ -1,7 +1,9 @@
-"""`refund-bridge serve`: gunicorn running the app of wsgi.py, configured from the command."""
+"""gunicorn configured in code: `refund-bridge serve` (the app of wsgi.py) and
+`refund-bridge sandbox` (the RideNDine sandbox, bridge/cli/sandbox.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn import glogging
@@ -17,9 +19,13 @@ class AppWritesAccessLines(glogging.Logger):
         return
 
 
-class BridgeServer(BaseApplication):
-    def __init__(self, options: dict[str, Any]) -> None:
+class Server(BaseApplication):
+    """gunicorn with `options` (its settings' names), serving what `build_app` returns: called
+    in each worker after the fork, so that no app (nor its threads) exists in the master."""
+
+    def __init__(self, options: dict[str, Any], build_app: Callable[[], Any]) -> None:
         self.options = options
+        self.build_app = build_app
         super().__init__()
 
     def load_config(self) -> None:
@@ -27,10 +33,14 @@ class BridgeServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        # Built in each worker (after fork), as `gunicorn wsgi:app` would.
-        from wsgi import app
+        return self.build_app()
 
-        return app
+
+def _bridge_app() -> Any:
+    # As `gunicorn wsgi:app` would.
+    from wsgi import app
+
+    return app
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
@@ -55,7 +65,7 @@ def _run(
 ) -> None:
     from bridge.logs import gunicorn_logconfig
 
-    BridgeServer(
+    Server(
         {
             "child_exit": _child_exit,
             "bind": bind,
@@ -71,5 +81,6 @@ def _run(
             "logger_class": AppWritesAccessLines,
             # gunicorn's own lines as JSON too; the app writes the access lines.
             "logconfig_dict": gunicorn_logconfig(log_level, secrets),
-        }
+        },
+        _bridge_app,
     ).run()

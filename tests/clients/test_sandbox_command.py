@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -146,3 +152,49 @@ def test_the_session_sandbox_accepts_the_bridges_key(ridendine_sandbox: SandboxP
         assert delivery["url"] is None
     finally:
         ridendine_sandbox.control.reset()
+
+
+def test_port_0_serves_keep_alive_and_stops_cleanly() -> None:
+    # A partner keeps connections open; werkzeug's server closed each one, which cost the
+    # bridge a TCP connection per refund in the benchmark (docs/performance.md, ninth pass).
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "RIDENDINE_SANDBOX_API_KEY": RIDENDINE_KEY,
+        "RIDENDINE_SANDBOX_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "sandbox", "--port", "0", "--scenario", "silent"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # bounded: the process prints it or exits
+        match = re.match(r"RideNDine sandbox listening on http://127\.0\.0\.1:(\d+) ", first)
+        assert match, first
+        port = int(match.group(1))
+        assert port != 0
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            sockets = []
+            for _ in range(3):
+                connection.request("GET", "/_sandbox/health")
+                answer = connection.getresponse()
+                assert answer.status == 200
+                assert answer.getheader("Connection", "").lower() != "close"
+                answer.read()
+                sockets.append(connection.sock)
+            assert sockets[0] is not None
+            assert sockets == [sockets[0]] * 3  # one connection for all three
+        finally:
+            connection.close()
+        os.killpg(process.pid, signal.SIGTERM)
+        _, rest = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+    assert process.returncode == 0
+    assert rest.strip().splitlines()[-1] == "RideNDine sandbox stopped"
