@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, exists, select, update
 
 from bridge.directus.alerts import enqueue_admin_alert
 from bridge.directus.notify import enqueue_notify_result
@@ -239,10 +239,6 @@ def _accept_known(session: Session, refund: Refund, accepted: RefundAccepted) ->
     partner_id = accepted.refund_id or None
     if refund.ridendine_refund_id is not None or refund.updated_at is None:
         return False
-    if partner_id is not None and session.scalar(
-        _OTHER_WITH_PARTNER_ID, {"partner_id": partner_id, "refund_id": refund.id}
-    ):
-        return False
     now = utcnow()
     values = {
         "refund_id": refund.id,
@@ -280,6 +276,7 @@ _OTHER_WITH_PARTNER_ID = select(Refund.id).where(
     Refund.ridendine_refund_id == bindparam("partner_id"), Refund.id != bindparam("refund_id")
 )
 _REFUNDS = cast(Table, Refund.__table__)
+_OTHERS = _REFUNDS.alias("others")
 _ACCEPT_UNCHANGED = (
     update(_REFUNDS)
     .where(
@@ -287,6 +284,12 @@ _ACCEPT_UNCHANGED = (
         _REFUNDS.c.status == bindparam("known_status"),
         _REFUNDS.c.updated_at == bindparam("was", type_=_REFUNDS.c.updated_at.type),
         _REFUNDS.c.ridendine_refund_id.is_(None),
+        # RideNDine's refund_id on no other refund, checked by the UPDATE itself (one statement
+        # less than a look-up first); NULL equals nothing, so no refund_id passes.
+        ~exists().where(
+            _OTHERS.c.ridendine_refund_id == bindparam("partner_id"),
+            _OTHERS.c.id != bindparam("refund_id"),
+        ),
     )
     .values(
         ridendine_refund_id=bindparam("partner_id"),
