@@ -89,7 +89,7 @@ def sandbox(
     # docs/performance.md, the ninth pass). One process: the sandbox keeps its state in memory.
     Server(
         {
-            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "bind": f"{host}:{port}",  # an IPv4 address: _check_can_listen took it
             "workers": 1,
             "worker_class": "gthread",
             "threads": 16,
