@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from bridge.errors import NotAuthenticated
 from bridge.ledger import ledger
+from bridge.store.driver import DriverTransaction, Transaction
 from bridge.store.models import (
     InboxEvent,
     InboxState,
@@ -245,11 +246,14 @@ def reconciliation_mismatches(kinds: Iterable[str]) -> None:
         counter.labels(kind).inc()
 
 
-def after_commit(session: Session | None, record: Callable[[], None]) -> None:
+def after_commit(session: Transaction | None, record: Callable[[], None]) -> None:
     """Run `record` once the session's transaction commits (nothing on rollback), so that a
     transaction retried after a conflict is not counted twice; at once without a session."""
     if session is None:
         record()
+        return
+    if isinstance(session, DriverTransaction):
+        session.after_commit(lambda: _safely(record))
         return
     from sqlalchemy import event
 
@@ -285,7 +289,7 @@ def count_ledger_changes() -> None:
     ledger.on_created(_refund_written)
 
 
-def _refund_written(session: Session, refund: Refund) -> None:
+def _refund_written(session: Transaction, refund: Refund) -> None:
     source, reason = str(refund.source or "cooco"), str(refund.reason)
     after_commit(session, lambda: refund_created(source, reason))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
 
 from bridge.jobs import outbox
 from bridge.ledger.ledger import history_to_list, refund_to_dict
@@ -25,9 +26,8 @@ from bridge.store.models import OutboxJob, Refund
 from directus_client import InvalidForeignKeyError, NotFoundError, RecordNotUniqueError
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from bridge.services import Services
+    from bridge.store.driver import Transaction
 
 REFUNDS_COLLECTION = "refunds"
 JOB_PROJECT_REFUND = "project_refund"
@@ -81,7 +81,7 @@ def refund_item(refund: Refund) -> dict[str, Any]:
 
 
 def enqueue_projection(
-    session: Session, refund: Refund, *, lease_to: str | None = None
+    session: Transaction, refund: Refund, *, lease_to: str | None = None
 ) -> int | None:
     """Queue an upsert of the refund's Directus item, keyed on the refund's current version.
 
@@ -150,14 +150,15 @@ class Snapshot:
     covered: list[int]
 
 
-def snapshot(session: Session, refund: Refund, *, owner: str | None, exclude: int) -> Snapshot:
+def snapshot(session: Transaction, refund: Refund, *, owner: str | None, exclude: int) -> Snapshot:
     """Take the refund out of the caller's transaction with its history, for a projection by
     `owner` (job `exclude`) right after the commit, instead of that run reading it again. Call
     it last, with the refund's row locked (SQLite's write lock, or FOR UPDATE)."""
     covered = outbox.pending_job_ids(
         session, JOB_PROJECT_REFUND, refund.id, owner=owner, exclude=exclude
     )
-    if refund in session:  # else written with Core statements, complete in memory (ledger)
+    if isinstance(session, Session) and refund in session:
+        # Else written with Core statements: complete in memory (bridge/ledger/ledger.py).
         session.flush()
         refund.history  # noqa: B018 - load before the refund leaves the session
         session.expunge(refund)
@@ -173,7 +174,7 @@ def project(
     job: OutboxJob,
     *,
     create_first: bool | None = None,
-    then: Callable[[Session, Refund], None] | None = None,
+    then: Callable[[Transaction, Refund], None] | None = None,
     known: Snapshot | None = None,
 ) -> Refund:
     """Do a projection job; return the refund as projected. `create_first`: whether to create
@@ -194,8 +195,9 @@ def project(
         raise outbox.GiveUp(
             f"order {refund.order_id} of refund {refund.id} does not exist in Directus"
         ) from None
-    with services.store.session() as session:
-        # The jobs this run covered and the job itself, done in one transaction.
+    with services.store.transaction() as session:
+        # The jobs this run covered and the job itself, done in one transaction (Core
+        # statements by the driver: a refund request's CPU, docs/performance.md).
         outbox.complete_superseded_in(session, covered, owner=job.locked_by)
         outbox.complete_in(session, job)
         if then is not None:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from bridge import logs, metrics
+from bridge.store.driver import Transaction
 from bridge.store.models import OutboxJob, OutboxState, utcnow
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def backoff_delay(attempts: int, rng: random.Random | None = None) -> float | No
 
 
 def enqueue(
-    session: Session,
+    session: Transaction,
     kind: str,
     dedupe_key: str,
     *,
@@ -474,12 +475,12 @@ def _finish(
     return state
 
 
-def mark_done(session: Session, job_id: int, *, owner: str) -> bool:
+def mark_done(session: Transaction, job_id: int, *, owner: str) -> bool:
     """Record a leased job done in the caller's transaction (its work was done in that same
     transaction, so the two commit together or not at all); False when `owner` no longer
     holds it."""
     result = session.execute(_MARK_DONE, {"job_id": job_id, "owner": owner, "now": utcnow()})
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 _NOW = bindparam("now", type_=_JOBS.c.updated_at.type)
@@ -499,7 +500,7 @@ _MARK_DONE = (
 
 
 def keep_lease(
-    session: Session, job_id: int, *, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
+    session: Transaction, job_id: int, *, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
 ) -> bool:
     """Renew, in the caller's transaction, the lease of a pending job `owner` holds; False when
     it no longer holds it (the lease ran out and a worker took the job, or it is done)."""
@@ -508,7 +509,7 @@ def keep_lease(
         "owner": owner,
         "until": utcnow() + timedelta(seconds=lease_seconds),
     }
-    return bool(session.execute(_KEEP_LEASE, values).rowcount)  # type: ignore[attr-defined]
+    return bool(session.execute(_KEEP_LEASE, values).rowcount)
 
 
 _KEEP_LEASE = (
@@ -545,7 +546,7 @@ def _pending_held_by(owner: str, job_ids: list[int]) -> ColumnElement[bool]:
 
 
 def pending_job_ids(
-    session: Session, kind: str, refund_id: str | None, *, owner: str | None, exclude: int
+    session: Transaction, kind: str, refund_id: str | None, *, owner: str | None, exclude: int
 ) -> list[int]:
     """The refund's pending jobs of `kind` that nobody else holds: the ones a run of a job that
     does the same work from the current state may complete (`complete_superseded`)."""
@@ -564,7 +565,7 @@ def complete_superseded(services: Services, job_ids: list[int], *, owner: str | 
         return complete_superseded_in(session, job_ids, owner=owner)
 
 
-def complete_superseded_in(session: Session, job_ids: list[int], *, owner: str | None) -> int:
+def complete_superseded_in(session: Transaction, job_ids: list[int], *, owner: str | None) -> int:
     """`complete_superseded` in the caller's transaction."""
     if not job_ids:
         return 0
@@ -602,7 +603,7 @@ _COMPLETE_SUPERSEDED = (
 )
 
 
-def complete_in(session: Session, job: OutboxJob) -> bool:
+def complete_in(session: Transaction, job: OutboxJob) -> bool:
     """Record the running `job` done in the handler's own (last) transaction, so that
     `run_job` needs no transaction of its own to finish it. If that transaction does not
     commit, or the handler raises afterwards, the job ends as usual (retried)."""

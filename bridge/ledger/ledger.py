@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, case, func, insert, select
 from sqlalchemy.orm import Session
 
+from bridge.store.driver import Transaction
 from bridge.store.models import Refund, RefundSource, RefundStatus, RefundStatusChange, utcnow
 
 # What each status may move to.
@@ -50,7 +51,7 @@ def record_created(
     )
 
 
-def insert_new(session: Session, refund: Refund) -> None:
+def insert_new(session: Transaction, refund: Refund) -> None:
     """Write a new refund and its history lines (`record_created`) with two Core statements in
     the caller's transaction, instead of the session's unit of work (a refund request's CPU:
     docs/performance.md). The object stays out of the session, every column set as written
@@ -76,7 +77,7 @@ def insert_new(session: Session, refund: Refund) -> None:
         observer(session, refund)
 
 
-def insert_line(session: Session, refund: Refund, change: RefundStatusChange) -> None:
+def insert_line(session: Transaction, refund: Refund, change: RefundStatusChange) -> None:
     """Write one history line of a refund that is out of any session (`insert_new`) with a Core
     statement, and append it to the refund's history in memory. A line that changes the
     status goes through `transition` instead (its rules, its metrics)."""
@@ -96,14 +97,14 @@ def _line(refund: Refund, change: RefundStatusChange) -> dict[str, Any]:
     }
 
 
-def on_created(observer: Callable[[Session, Refund], None]) -> None:
+def on_created(observer: Callable[[Transaction, Refund], None]) -> None:
     """Call `observer(session, refund)` for each refund `insert_new` writes (the metrics: the
     ledger knows nothing of them). Idempotent."""
     if observer not in _CREATED_OBSERVERS:
         _CREATED_OBSERVERS.append(observer)
 
 
-_CREATED_OBSERVERS: list[Callable[[Session, Refund], None]] = []
+_CREATED_OBSERVERS: list[Callable[[Transaction, Refund], None]] = []
 _REFUNDS = cast(Table, Refund.__table__)
 _INSERT_REFUND = insert(_REFUNDS)
 _INSERT_CHANGE = insert(cast(Table, RefundStatusChange.__table__))
@@ -157,7 +158,7 @@ def counted_cents(refund: Refund) -> int:
     return refund.amount_cents
 
 
-def committed_cents(session: Session, order_id: str) -> int:
+def committed_cents(session: Transaction, order_id: str) -> int:
     """The sum of the order's refunds that are not FAILED or DENIED (what they refund or will,
     REQUESTED ones included: waiting requests never add up beyond what was paid)."""
     total = session.scalar(_COMMITTED, {"order_id": order_id})
@@ -193,7 +194,7 @@ def refunded_cents(session: Session, order_id: str) -> int:
     return int(total or 0)
 
 
-def refundable_cents(session: Session, order_id: str, paid_cents: int) -> int:
+def refundable_cents(session: Transaction, order_id: str, paid_cents: int) -> int:
     return max(0, paid_cents - committed_cents(session, order_id))
 
 

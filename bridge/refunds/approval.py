@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from bridge.directus import notify
 from bridge.directus.in_app import notify_admins_in_app
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from bridge.config import Settings
     from bridge.services import Services
+    from bridge.store.driver import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,23 @@ REMINDER_SCAN_LIMIT = 500
 # -- the policy -----------------------------------------------------------------------------
 
 
-def self_service_cents(session: Session, order_id: str) -> int:
+def self_service_cents(session: Transaction, order_id: str) -> int:
     """What customers have asked for on the order without an admin's approval and that still
     counts (PENDING or REFUNDED, never decided by an admin)."""
-    total = session.scalar(
-        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
-            Refund.order_id == order_id,
-            Refund.requested_by == ROLE_CUSTOMER,
-            Refund.decided_at.is_(None),
-            Refund.status.in_((RefundStatus.PENDING, RefundStatus.REFUNDED)),
-        )
-    )
-    return int(total or 0)
+    return int(session.scalar(_SELF_SERVICE, {"order_id": order_id}) or 0)
+
+
+# Built once: it runs under the order's lock in a customer's request (docs/performance.md).
+_SELF_SERVICE = select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
+    Refund.order_id == bindparam("order_id"),
+    Refund.requested_by == ROLE_CUSTOMER,
+    Refund.decided_at.is_(None),
+    Refund.status.in_((RefundStatus.PENDING, RefundStatus.REFUNDED)),
+)
 
 
 def reason_to_wait(
-    session: Session,
+    session: Transaction,
     settings: Settings,
     order_id: str,
     order_status: str | None,
@@ -105,7 +107,7 @@ def reason_to_wait(
 # -- notices (inside the caller's transaction) ----------------------------------------------
 
 
-def _enqueue(session: Session, refund: Refund, event: str, channels: tuple[str, ...]) -> None:
+def _enqueue(session: Transaction, refund: Refund, event: str, channels: tuple[str, ...]) -> None:
     for channel in channels:
         outbox.enqueue(
             session,
@@ -116,7 +118,7 @@ def _enqueue(session: Session, refund: Refund, event: str, channels: tuple[str, 
         )
 
 
-def enqueue_requested_notices(session: Session, refund: Refund) -> None:
+def enqueue_requested_notices(session: Transaction, refund: Refund) -> None:
     """A new REQUESTED refund: the customer's and the admins' e-mails, the admins' in-app
     notifications."""
     _enqueue(session, refund, EVENT_REQUESTED, (CHANNEL_MAIL, CHANNEL_APP))

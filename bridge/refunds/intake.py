@@ -64,10 +64,10 @@ from directus_client import DirectusError, DirectusUnavailableError
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
-    from sqlalchemy.orm import Session
 
     from bridge.config import Settings
     from bridge.services import Services
+    from bridge.store.driver import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _submit_and_project(
     # projection: bridge/refunds/submission.py).
     held: list[projection.Snapshot] = []
 
-    def hold(session: Session, accepted: Refund) -> None:
+    def hold(session: Transaction, accepted: Refund) -> None:
         # RideNDine's answer as recorded, projected next without reading it back.
         if projection_job is not None:
             held.append(projection.snapshot(session, accepted, owner=owner, exclude=projection_job))
@@ -200,7 +200,7 @@ def _submit_and_project(
     def project_and_answer(services: Services, job: OutboxJob) -> None:
         # The answer is the refund as projected, saved for the key in the transaction that
         # records the projection done (docs/performance.md).
-        def save(session: Session, projected: Refund) -> None:
+        def save(session: Transaction, projected: Refund) -> None:
             answer = _answer_from(projected)
             if key is not None:
                 _save_answer_in(session, scope, key, answer)
@@ -399,7 +399,9 @@ def _record(
     """Record the refund and its jobs in one transaction under the order's lock; return the
     refund as recorded (with its history) and the ids of its projection and submission jobs."""
     try:
-        with services.store.session() as session:
+        # Core statements by the driver, as a session would run them (a refund request's CPU:
+        # docs/performance.md).
+        with services.store.transaction() as session:
             lock_order(session, order.id)
             refund_id, now = new_refund_id(), utcnow()
             if key is not None:
@@ -505,6 +507,9 @@ def _earlier_answer(
 ) -> Answer | None:
     """The answer already given for this key, waiting briefly while it is in flight; None
     when the key is new. Another body with the key is 409."""
+    with services.store.transaction(read_only=True) as transaction:
+        if transaction.scalar(_KEY_EXISTS, _key(scope, key)) is None:
+            return None  # the usual case, told by the driver (docs/performance.md)
     deadline = time.monotonic() + (IDEMPOTENCY_WAIT_SECONDS if wait else 0.0)
     while True:
         with services.store.read_session() as session:
@@ -540,7 +545,7 @@ def _save_answer(services: Services, scope: str, key: str, answer: Answer) -> No
         _save_answer_in(session, scope, key, answer)
 
 
-def _save_answer_in(session: Session, scope: str, key: str, answer: Answer) -> None:
+def _save_answer_in(session: Transaction, scope: str, key: str, answer: Answer) -> None:
     values = {
         **_key(scope, key),
         "b_status": answer.status,
@@ -557,9 +562,9 @@ def _key(scope: str, key: str) -> dict[str, str]:
 # Built once (a refund request's CPU: docs/performance.md). Core: the record is only read.
 _KEYS = cast(Table, IdempotencyRecord.__table__)
 _INSERT_KEY = insert(_KEYS)
-_KEY_RECORD = select(_KEYS).where(
-    _KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key")
-)
+_KEY_IS = (_KEYS.c.caller == bindparam("b_caller")) & (_KEYS.c.key == bindparam("b_key"))
+_KEY_RECORD = select(_KEYS).where(_KEY_IS)
+_KEY_EXISTS = select(_KEYS.c.caller).where(_KEY_IS)
 _SAVE_ANSWER = (
     update(_KEYS)
     .where(_KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key"))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from bridge.services import Services
+    from bridge.store.driver import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ JOB_SUBMIT_REFUND = "submit_refund"
 NO_DEFINITE_ANSWER = "RideNDine never gave a definite answer"
 
 
-def enqueue_submission(session: Session, refund: Refund, *, lease_to: str | None) -> int | None:
+def enqueue_submission(session: Transaction, refund: Refund, *, lease_to: str | None) -> int | None:
     """Queue the one submission of `refund` (the dedupe key makes a second one impossible)."""
     return outbox.enqueue(
         session, JOB_SUBMIT_REFUND, f"submit:{refund.id}", refund_id=refund.id, lease_to=lease_to
@@ -105,7 +106,7 @@ def submit_now(
     *,
     owner: str,
     projection_job: int | None,
-    then: Callable[[Session, Refund], None] | None = None,
+    then: Callable[[Transaction, Refund], None] | None = None,
 ) -> str | None:
     """The request's own attempt at the submission it just committed (`job_id`, leased to
     `owner`), right after the commit: the refund is sent as the request recorded it, not read
@@ -138,7 +139,7 @@ class _InRequest:
 
     refund: Refund
     projection_job: int | None
-    then: Callable[[Session, Refund], None] | None
+    then: Callable[[Transaction, Refund], None] | None
 
 
 def _submit(
@@ -177,36 +178,48 @@ def _record_acceptance(
     accepted: RefundAccepted,
     in_request: _InRequest | None = None,
 ) -> None:
-    projection_job = in_request.projection_job if in_request else None
-    with services.store.session() as session:
-        refund = None
-        if in_request is not None and _accept_known(session, in_request.refund, accepted):
-            refund = in_request.refund
-        else:
+    recorded = False
+    if in_request is not None:
+        # Core statements by the driver on the refund as the request recorded it (a refund
+        # request's CPU: docs/performance.md); nothing is written when it changed meanwhile.
+        with services.store.transaction() as transaction:
+            recorded = _accept_known(transaction, in_request.refund, accepted)
+            if recorded:
+                _after_acceptance(transaction, job, in_request.refund, in_request)
+    if not recorded:
+        with services.store.session() as session:
             # Locked (PostgreSQL; SQLite's transaction holds the write lock): what is read here
             # is what is written back, and what `then` sees is the state this commit leaves.
             refund = session.get(Refund, refund_id, with_for_update=True)
             if refund is None:
                 return
             _accept(session, refund, accepted)
-        owner = _request_owner(job)
-        # Run inside a request, the request projects the refund next: its projection job,
-        # still leased to it, projects this change too when it is still the request's (so that
-        # the worker does not write the same item meanwhile; if the request dies, the lease
-        # runs out); otherwise a projection job of its own, leased to the request likewise.
-        if (
-            owner is None
-            or projection_job is None
-            or not outbox.keep_lease(session, projection_job, owner=owner)
-        ):
-            enqueue_projection(session, refund, lease_to=owner)
-        outbox.complete_in(session, job)  # done with the change it made: one transaction
-        if in_request is not None and in_request.then is not None:
-            in_request.then(session, refund)
+            _after_acceptance(session, job, refund, in_request)
     log.info(
         "refund accepted by RideNDine",
         extra={"refund_id": refund_id, "ridendine_refund_id": accepted.refund_id},
     )
+
+
+def _after_acceptance(
+    session: Transaction, job: OutboxJob, refund: Refund, in_request: _InRequest | None
+) -> None:
+    """The rest of the acceptance's transaction: its projection, the job done, `then`."""
+    projection_job = in_request.projection_job if in_request else None
+    owner = _request_owner(job)
+    # Run inside a request, the request projects the refund next: its projection job, still
+    # leased to it, projects this change too when it is still the request's (so that the
+    # worker does not write the same item meanwhile; if the request dies, the lease runs out);
+    # otherwise a projection job of its own, leased to the request likewise.
+    if (
+        owner is None
+        or projection_job is None
+        or not outbox.keep_lease(session, projection_job, owner=owner)
+    ):
+        enqueue_projection(session, refund, lease_to=owner)
+    outbox.complete_in(session, job)  # done with the change it made: one transaction
+    if in_request is not None and in_request.then is not None:
+        in_request.then(session, refund)
 
 
 def _accept(session: Session, refund: Refund, accepted: RefundAccepted) -> None:
@@ -229,7 +242,7 @@ def _accept(session: Session, refund: Refund, accepted: RefundAccepted) -> None:
     _note(session, refund, detail)
 
 
-def _accept_known(session: Session, refund: Refund, accepted: RefundAccepted) -> bool:
+def _accept_known(session: Transaction, refund: Refund, accepted: RefundAccepted) -> bool:
     """RideNDine's acceptance written with Core statements on the refund as the request
     recorded it, when the store still holds exactly that (compared on `updated_at`, which
     every change sets; the UPDATE locks the row): no read of the refund and its history, no
@@ -247,7 +260,7 @@ def _accept_known(session: Session, refund: Refund, accepted: RefundAccepted) ->
         "partner_id": partner_id,
         "now": now,
     }
-    if not session.execute(_ACCEPT_UNCHANGED, values).rowcount:  # type: ignore[attr-defined]
+    if not session.execute(_ACCEPT_UNCHANGED, values).rowcount:
         return False
     refund.ridendine_refund_id = partner_id
     refund.updated_at = now

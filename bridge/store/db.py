@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bridge.store.driver import DriverTransaction, Transaction
 from bridge.store.models import OrderLock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -269,7 +270,7 @@ class _Checkpointer:
             connection.close()
 
 
-def lock_order(session: Session, order_id: str) -> None:
+def lock_order(session: Transaction, order_id: str) -> None:
     """Serialise refund requests on one order until the session's transaction ends.
 
     Holds across processes and instances: a row lock on PostgreSQL; on SQLite the transaction
@@ -282,8 +283,7 @@ def lock_order(session: Session, order_id: str) -> None:
         session.execute(_ORDER_LOCK_PG, values)
         session.execute(_ORDER_LOCK_PG_FOR_UPDATE, values)
         return
-    connection = session.connection()
-    if connection.get_execution_options().get(READ_ONLY):
+    if isinstance(session, Session) and session.connection().get_execution_options().get(READ_ONLY):
         raise RuntimeError("lock_order needs a writing session (Store.session)")
 
 
@@ -362,6 +362,44 @@ class Store:
         with the writes."""
         with self.read_sessionmaker() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self, *, read_only: bool = False) -> Iterator[DriverTransaction]:
+        """A transaction for Core statements run by the driver (bridge/store/driver.py) on a
+        connection of the engine's pool: what a session does for them, without the session's
+        and the engine's per-statement work (a refund request's hot path: docs/performance.md).
+        Commits on success, rolls back on error; callbacks given to `after_commit` run after
+        the commit.
+
+        SQLite: `BEGIN IMMEDIATE` under the store's write lock, as a session's write (the
+        paced checkpoint after); `read_only`: no lock and no BEGIN, for one statement.
+        PostgreSQL: the driver's own transaction."""
+        pooled = self.engine.raw_connection()
+        connection: Any = pooled.dbapi_connection
+        locked = False
+        try:
+            if self._write_lock is not None and not read_only:
+                if not self._write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
+                    raise sqlite3.OperationalError("database is locked (the write lock timed out)")
+                locked = True
+                connection.execute("BEGIN IMMEDIATE")
+            transaction = DriverTransaction(connection, self.engine)
+            try:
+                yield transaction
+                connection.commit()
+            except BaseException:
+                with suppress(Exception):
+                    connection.rollback()
+                if getattr(connection, "broken", False):
+                    pooled.invalidate()  # PostgreSQL went away: not back into the pool
+                raise
+        finally:
+            if locked and self._write_lock is not None:
+                self._write_lock.release()
+            pooled.close()
+            if locked:
+                self.after_write()
+        transaction.committed()
 
     @contextmanager
     def driver_write(self) -> Iterator[Any]:

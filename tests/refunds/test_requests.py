@@ -224,30 +224,49 @@ def test_a_refund_request_never_reads_its_refund_back_from_the_store(
     directus_admin: DirectusClient,
 ) -> None:
     """What the request wrote it still holds (docs/performance.md): the refund and its history
-    are written, then RideNDine's acceptance, without reading them again."""
+    are written, then RideNDine's acceptance, without reading them again. Its statements go
+    by the driver, none through SQLAlchemy's engine (`Store.transaction`)."""
     order = make_order(directus_admin)
     accept(ridendine, "re_unread")
-    statements: list[str] = []
+    engine = services.store.engine
+    statements: list[str] = []  # what SQLite ran, traced on its connections
+    through_engine: list[str] = []
+
+    def traced(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.set_trace_callback(lambda sql: statements.append(" ".join(sql.split())))
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
+        through_engine.append(statement)
 
-    event.listen(services.store.engine, "before_cursor_execute", seen)
+    event.listen(engine, "connect", traced)
+    event.listen(engine, "before_cursor_execute", seen)
+    engine.dispose()  # the pool's connections are made anew, traced
     try:
-        response = post(api, admin_refund(order["id"]))
+        response = post(api, admin_refund(order["id"]), headers={"Idempotency-Key": "k-unread"})
     finally:
-        event.remove(services.store.engine, "before_cursor_execute", seen)
+        event.remove(engine, "connect", traced)
+        event.remove(engine, "before_cursor_execute", seen)
+        engine.dispose()
 
     assert response.status_code == 202, response.get_data(as_text=True)
     assert response.get_json()["refund"]["ridendine_refund_id"] == "re_unread"
+    assert through_engine == []
     reads = [statement for statement in statements if statement.startswith("SELECT")]
-    assert reads, statements  # the listener saw the request's statements
+    assert reads, statements  # the trace saw the request's statements
     assert not [read for read in reads if "FROM refund_status_changes" in read]
     assert not [read for read in reads if read.startswith("SELECT refunds.id, refunds.order_id")]
     # RideNDine's refund_id is checked against the other refunds by the UPDATE itself.
     assert not [read for read in reads if read.startswith("SELECT refunds.id FROM refunds")]
     (accepted,) = [s for s in statements if s.startswith("UPDATE refunds SET ridendine_refund_id")]
     assert "NOT (EXISTS (SELECT * FROM refunds AS others" in accepted
+    # The key looked up, then three write transactions: the refund, RideNDine's acceptance,
+    # the projection done with the answer saved for the key.
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ] * 3
+    # The key's look-up, 6 statements for the refund, 5 for the acceptance, 2 for the answer.
+    assert len(statements) - 6 == 1 + 6 + 5 + 2, "\n".join(statements)
 
 
 def test_a_projection_taken_by_a_worker_meanwhile_gets_ridendines_answer_projected_anyway(
