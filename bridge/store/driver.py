@@ -129,9 +129,9 @@ class _Prepared:
         # IN (...) with a list, and the like: the SQL is rendered per call.
         self._expands = bool(compiled.literal_execute_params or compiled.post_compile_params)
         # Columns whose Python-side default (INSERT) or onupdate (UPDATE) the statement takes.
-        self._defaults = [
-            (column.key, column.default) for column in compiled.insert_prefetch
-        ] + [(column.key, column.onupdate) for column in compiled.update_prefetch]
+        self._defaults = [(column.key, column.default) for column in compiled.insert_prefetch] + [
+            (column.key, column.onupdate) for column in compiled.update_prefetch
+        ]
         # Each parameter's type processor (dates, JSON, ...), by the name it is bound as.
         escaped = compiled.escaped_bind_names or {}
         self._processors: dict[str, Callable[[Any], Any]] = {}
