@@ -376,12 +376,12 @@ class Store:
         PostgreSQL: the driver's own transaction."""
         pooled = self.engine.raw_connection()
         connection: Any = pooled.dbapi_connection
+        write_lock = None if read_only else self._write_lock
         locked = False
         try:
-            if self._write_lock is not None and not read_only:
-                if not self._write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
-                    raise sqlite3.OperationalError("database is locked (the write lock timed out)")
-                locked = True
+            if write_lock is not None:
+                # As a session's write: when the lock timed out, SQLite's own locking decides.
+                locked = write_lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000)
                 connection.execute("BEGIN IMMEDIATE")
             transaction = DriverTransaction(connection, self.engine)
             try:
@@ -394,10 +394,10 @@ class Store:
                     pooled.invalidate()  # PostgreSQL went away: not back into the pool
                 raise
         finally:
-            if locked and self._write_lock is not None:
-                self._write_lock.release()
+            if locked and write_lock is not None:
+                write_lock.release()
             pooled.close()
-            if locked:
+            if write_lock is not None:
                 self.after_write()
         transaction.committed()
 
