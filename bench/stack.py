@@ -26,7 +26,7 @@ import requests
 from bridge.cli.directus import flow_params
 from bridge.config import Settings
 from bridge.directus.schema import apply_schema, create_demo_orders
-from devstack.directus import REPO, DirectusServer
+from devstack.directus import REPO, DirectusServer, link_extension
 from devstack.net import free_port, wait_until
 from devstack.sandbox import SandboxProcess
 from directus_client import DirectusClient
@@ -323,6 +323,20 @@ def _start_sandbox(stack: BenchStack) -> None:
     stack.sandbox.start()
 
 
+def bench_directus(workdir: Path, smtp_port: int) -> DirectusServer:
+    """The benchmark's own Directus (not started), with the repo's extension: the "refund
+    result" Flow mails through its "refund-bridge-mail" operation."""
+    extensions_dir = workdir / "directus-extensions"
+    link_extension(extensions_dir)
+    return DirectusServer(
+        data_dir=workdir / "directus",
+        smtp_port=smtp_port,
+        extensions_dir=extensions_dir,
+        # Every request logged by Directus itself: how the benchmark counts them.
+        extra_env={"LOG_LEVEL": "info"},
+    )
+
+
 def start_stack(workdir: Path) -> BenchStack:
     """Everything fresh in `workdir` (Directus bootstrapped anew: about 10 to 30 s)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -341,12 +355,7 @@ def start_stack(workdir: Path) -> BenchStack:
         except (OSError, ValueError):
             return 0
 
-    directus = DirectusServer(
-        data_dir=workdir / "directus",
-        smtp_port=smtp_port,
-        # Every request logged by Directus itself: how the benchmark counts them.
-        extra_env={"LOG_LEVEL": "info"},
-    )
+    directus = bench_directus(workdir, smtp_port)
     sandbox_port = free_port()
     directus.port = free_port()
     stack = BenchStack(

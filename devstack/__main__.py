@@ -35,6 +35,7 @@ from devstack.directus import (
     REPO,
     DirectusServer,
     install_directus,
+    link_extension,
 )
 from devstack.net import wait_until
 from devstack.sandbox import SandboxProcess
@@ -52,7 +53,6 @@ DEV_ADMIN_EMAILS = "admins@example.com"
 WEBHOOK_PATH = "/ridendine/webhooks/refund-status"
 STOP_TIMEOUT_SECONDS = 20.0
 SETUP_TIMEOUT_SECONDS = 120.0
-EXTENSION_LINK = "directus-extension-ridendine"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -116,20 +116,6 @@ def stack_env(directus_url: str, ports: Ports, state_dir: Path) -> dict[str, str
         "BRIDGE_ADMIN_EMAILS": DEV_ADMIN_EMAILS,
         "BRIDGE_LOG_LEVEL": "INFO",
     }
-
-
-def link_extension(extensions_dir: Path) -> None:
-    """The repo's extension, linked (not copied) into Directus's extensions folder."""
-    extensions_dir.mkdir(parents=True, exist_ok=True)
-    link = extensions_dir / EXTENSION_LINK
-    target = REPO / "directus-extension"
-    if link.is_symlink() and link.resolve() == target.resolve():
-        return
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    elif link.exists():
-        raise StackError(f"{link} is a folder; remove it so that the repo's extension is linked")
-    link.symlink_to(target)
 
 
 def bridge_command(*args: str) -> list[str]:
@@ -300,7 +286,10 @@ def start(stack: Stack) -> None:
     sandbox_start.start()
 
     directus_dir = stack.state_dir / "directus"
-    link_extension(directus_dir / "extensions")
+    try:
+        link_extension(directus_dir / "extensions")
+    except FileExistsError as exc:
+        raise StackError(str(exc)) from None
     stack.directus = DirectusServer(
         data_dir=directus_dir,
         port=ports.directus,

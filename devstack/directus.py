@@ -27,6 +27,25 @@ ADMIN_PASSWORD = "admin-password-for-local-only"  # noqa: S105 - local test serv
 ADMIN_TOKEN = "local-admin-static-token-0123456789"  # noqa: S105 - local test server only
 
 
+# The repo's Directus extension (the `ridendine` endpoint, the "refund-bridge-mail" operation of
+# the "refund result" Flow), as it is named in an extensions folder.
+EXTENSION_DIR = REPO / "directus-extension"
+EXTENSION_LINK = "directus-extension-ridendine"
+
+
+def link_extension(extensions_dir: Path) -> None:
+    """The repo's extension, linked (not copied) into Directus's extensions folder."""
+    extensions_dir.mkdir(parents=True, exist_ok=True)
+    link = extensions_dir / EXTENSION_LINK
+    if link.is_symlink() and link.resolve() == EXTENSION_DIR.resolve():
+        return
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} is a folder; remove it to link the repo's extension")
+    link.symlink_to(EXTENSION_DIR)
+
+
 def install_directus() -> Path:
     """The folder with node_modules/directus, installing it first when missing."""
     result = subprocess.run(

@@ -21,7 +21,7 @@ from bridge import create_app
 from bridge.config import Settings
 from bridge.directus.schema import apply_schema, create_demo_orders
 from bridge.jobs import registry
-from devstack.directus import DirectusServer
+from devstack.directus import DirectusServer, link_extension
 from devstack.net import free_port
 from devstack.postgres import PostgresCluster
 from devstack.sandbox import SandboxProcess
@@ -65,9 +65,7 @@ def smtp_sink() -> Iterator[SmtpSink]:
 def directus_extensions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder Directus loads extensions from (the repo's extension is linked in)."""
     folder = tmp_path_factory.mktemp("directus-extensions")
-    extension = Path(__file__).resolve().parent.parent / "directus-extension"
-    if (extension / "package.json").exists():
-        (folder / "directus-extension-ridendine").symlink_to(extension)
+    link_extension(folder)
     return folder
 
 
