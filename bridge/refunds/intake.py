@@ -567,7 +567,7 @@ _KEY_RECORD = select(_KEYS).where(_KEY_IS)
 _KEY_EXISTS = select(_KEYS.c.caller).where(_KEY_IS)
 _SAVE_ANSWER = (
     update(_KEYS)
-    .where(_KEYS.c.caller == bindparam("b_caller"), _KEYS.c.key == bindparam("b_key"))
+    .where(_KEY_IS)
     .values(
         response_status=bindparam("b_status"),
         response_body=bindparam("b_body", type_=_KEYS.c.response_body.type),
